@@ -1,0 +1,132 @@
+"""Loading and validating ``params.yaml`` against ``workflow/schemas/params.schema.yaml``.
+
+The Snakefile and every CLI validate through :func:`validate_params`, so an unknown or mistyped
+key fails the same way everywhere: one line naming the key, the problem and where to fix it.
+Validation fills the schema's defaults in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import yaml
+
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+
+@functools.cache
+def load_schema() -> dict:
+    """The params schema (parsed once)."""
+    if not SCHEMA_PATH.is_file():
+        raise UserError(f"params schema not found at {SCHEMA_PATH}; install the package from a checkout "
+                        "with `pip install -e .`")
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _extend_with_defaults(validator_class):
+    """A validator that fills ``default`` values of missing properties before validating them."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _extend_with_defaults(jsonschema.Draft202012Validator)
+
+
+def _format_error(err: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+        keys = ", ".join(f"'{k}'" for k in extra)
+        scope = f"in '{where}'" if err.absolute_path else "at the top level"
+        return (f"unknown params key {keys} {scope}; allowed keys: {', '.join(allowed)} "
+                f"(see {SCHEMA_PATH.relative_to(REPO_ROOT)})")
+    desc = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
+    hint = f" ({desc.rstrip('.')})" if desc else ""
+    return f"invalid params value at '{where}': {err.message}{hint}"
+
+
+def validate_params(params: dict) -> dict:
+    """Validate ``params`` in place against the schema, filling defaults.
+
+    Args:
+        params: The parsed config (``params.yaml`` merged with any overrides).
+
+    Returns:
+        The same dict, with defaults filled.
+
+    Raises:
+        UserError: One line naming the first offending key.
+    """
+    validator = _Validator(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise UserError(_format_error(jsonschema.exceptions.best_match(errors)))
+    _check_cross_field(params)
+    return params
+
+
+def _check_cross_field(params: dict) -> None:
+    """Constraints a JSON schema can't express neatly."""
+    ds = params.get("dataset", {})
+    if ds.get("kind") == "imagefolder" and not ds.get("imagefolder", {}).get("root"):
+        raise UserError("dataset.kind is 'imagefolder' but dataset.imagefolder.root is not set; "
+                        "set it to your ImageNet-style directory")
+
+
+def deep_merge(base: dict, override: Mapping) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Parse a YAML mapping with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"params file {path} is not valid YAML{at}; fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"params file {path} must contain a mapping at the top level")
+    return data
+
+
+def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] = ()) -> dict:
+    """Merge YAML files then JSON snippets (later wins), validate, and return the config."""
+    params: dict = {}
+    for path in paths:
+        params = deep_merge(params, read_yaml(path))
+    for snippet in json_overrides:
+        try:
+            params = deep_merge(params, json.loads(snippet))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--config-json is not valid JSON ({exc.msg}); quote it as one argument") from None
+    return validate_params(params)
