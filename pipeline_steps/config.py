@@ -130,3 +130,32 @@ def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] 
         except json.JSONDecodeError as exc:
             raise UserError(f"--config-json is not valid JSON ({exc.msg}); quote it as one argument") from None
     return validate_params(params)
+
+
+#: The params each rule reads (dotted keys). Snakemake rules pass exactly these to their step (so
+#: its params rerun-trigger sees them) and every dvc.yaml stage lists the same keys; a test checks
+#: that the two agree.
+RULE_PARAMS: dict[str, tuple[str, ...]] = {
+    "generate_data": ("dataset.kind", "dataset.synthetic"),
+    "sample": ("dataset.kind", "dataset.imagefolder", "sample"),
+    "train_teacher": ("dataset", "teacher.model", "teacher.train"),
+    "extract": ("dataset", "teacher.model", "analysis.batch_size", "analysis.layers"),
+    "reduce": ("teacher.name", "analysis.bins", "analysis.range_policy", "analysis.chunk_images"),
+    "fig_entropy": ("figures.dpi", "figures.title"),
+    "fig_magnitude": ("figures.dpi", "figures.title"),
+    "fig_spectra": ("figures.dpi", "figures.title", "figures.spectra_layers"),
+    "fig_spectra_all": ("figures.dpi", "figures.title"),
+}
+
+
+def select(params: Mapping, keys: Iterable[str]) -> dict:
+    """The nested sub-dict of ``params`` holding only the dotted ``keys``."""
+    out: dict = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        src, dst = params, out
+        for part in parents:
+            src = src[part]
+            dst = dst.setdefault(part, {})
+        dst[leaf] = copy.deepcopy(src[leaf])
+    return out

@@ -1,0 +1,124 @@
+"""Reduce an activations NPZ to the entropy / spectrum / magnitude table (Parquet).
+
+Output (long format, one row per value): ``model, arch, checkpoint, epoch, layer (1-based),
+layer_name, metric (entropy | magnitude | spectrum), k (spectrum bin, else null), value,
+n_images, bins, range_policy, range_min, range_max, weights_hash, manifest_hash``; and a
+per-profile summary table (``argmin_layer``, ``drop``, ``rise``, ``u_shaped``, ...).
+
+Memory is independent of the number of images: the NPZ is read chunk by chunk in two passes
+(pass 1 finds the histogram range, pass 2 accumulates the three statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+SCALAR_METRICS = ("entropy", "magnitude")
+
+
+def reduce_activations(
+    npz_path: str | Path,
+    *,
+    bins: int = 100,
+    range_policy: str = "global",
+    chunk_images: int = 64,
+    model_label: str = "teacher",
+    checkpoint: str = "final",
+    epoch: int | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Compute Eq. 1-6 for every layer of an activations file.
+
+    Args:
+        npz_path: Written by the extract step.
+        bins: Entropy histogram bins.
+        range_policy: ``"global"`` (one range over all layers, the paper's) or ``"per_layer"``.
+        chunk_images: Images read at once (bounds memory).
+        model_label: Value of the ``model`` column.
+        checkpoint: Value of the ``checkpoint`` column (``final`` for a trained teacher).
+        epoch: Value of the ``epoch`` column, if known.
+        progress: Show progress bars.
+
+    Returns:
+        ``(values, summary)`` DataFrames as described in the module docstring.
+    """
+    from .activations import ActivationsFile
+    from .metrics import MetricAccumulator, RangeAccumulator, profile_summary
+
+    acts = ActivationsFile(npz_path)
+    meta = acts.meta
+    n_layers = len(acts.layers)
+
+    ranges = RangeAccumulator()
+    for i in tqdm(range(n_layers), desc="range pass", disable=not progress, leave=False):
+        for chunk in acts.iter_chunks(i, chunk_images):
+            ranges.update(i, chunk)
+    layer_ranges = [ranges.value_range(range_policy, i) for i in range(n_layers)]
+
+    accumulator = MetricAccumulator(n_layers, bins=bins, ranges=layer_ranges)
+    for i in tqdm(range(n_layers), desc="metrics pass", disable=not progress, leave=False):
+        for chunk in acts.iter_chunks(i, chunk_images):
+            accumulator.update(i, chunk)
+    result = accumulator.result()
+
+    common = {
+        "model": model_label,
+        "arch": meta["arch"],
+        "checkpoint": checkpoint,
+        "epoch": epoch,
+        "n_images": int(result["n_images"]),
+        "bins": bins,
+        "range_policy": range_policy,
+        "weights_hash": meta["weights_hash"],
+        "manifest_hash": meta.get("manifest_hash"),
+    }
+    rows: list[dict[str, Any]] = []
+    for i in range(n_layers):
+        layer = {"layer": i + 1, "layer_name": meta["layer_names"][i],
+                 "range_min": float(layer_ranges[i][0]), "range_max": float(layer_ranges[i][1])}
+        for metric in SCALAR_METRICS:
+            rows.append({**layer, "metric": metric, "k": None, "value": float(result[metric][i])})
+        rows.extend({**layer, "metric": "spectrum", "k": k, "value": float(v)}
+                    for k, v in enumerate(result["spectrum"][i]))
+    values = pd.DataFrame(rows).assign(**common)
+    values = values[["model", "arch", "checkpoint", "epoch", "layer", "layer_name", "metric", "k", "value",
+                     "n_images", "bins", "range_policy", "range_min", "range_max", "weights_hash",
+                     "manifest_hash"]]
+    values = values.astype({"k": "Int64", "epoch": "Int64"})
+
+    summary = pd.DataFrame([
+        {"model": model_label, "checkpoint": checkpoint, "epoch": epoch, "metric": metric,
+         **profile_summary(np.asarray(result[metric]))}
+        for metric in SCALAR_METRICS
+    ]).astype({"epoch": "Int64"})
+    return values, summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--activations", required=True, help="activations NPZ from the extract step")
+    parser.add_argument("--out", required=True, help="values table (Parquet)")
+    parser.add_argument("--summary", required=True, help="profile summary table (Parquet)")
+    parser.add_argument("--model-label", default="teacher", help="value of the model column")
+    parser.add_argument("--checkpoint", default="final", help="value of the checkpoint column")
+    parser.add_argument("--epoch", type=int, default=None, help="value of the epoch column")
+
+
+def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from ._io import write_parquet
+
+    analysis = params["analysis"]
+    values, summary = reduce_activations(
+        args.activations, bins=analysis["bins"], range_policy=analysis["range_policy"],
+        chunk_images=analysis["chunk_images"], model_label=args.model_label,
+        checkpoint=args.checkpoint, epoch=args.epoch)
+    write_parquet(args.out, values)
+    write_parquet(args.summary, summary)
+    entropy = summary.set_index("metric").loc["entropy"]
+    print(f"{len(values)} rows -> {args.out}; entropy minimum at layer {entropy['argmin_layer']}, "
+          f"drop {entropy['drop']:.3f}, rise {entropy['rise']:.3f}, U-shaped: {bool(entropy['u_shaped'])}")

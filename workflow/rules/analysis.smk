@@ -1,0 +1,37 @@
+rule extract:
+    message:
+        "Extracting block activations of the teacher on the sample"
+    input:
+        manifest=MANIFEST,
+        data=synthetic_data,
+        weights=trained_teacher_weights,
+    output:
+        ACTIVATIONS,
+    params:
+        cfg=rule_config("extract"),
+        data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
+        weights=lambda w, input: f"--weights {input.weights[0]}" if input.weights else "",
+    log:
+        "results/logs/extract.log",
+    shell:
+        "{STEP} extract --config-json {params.cfg:q} --manifest {input.manifest:q} "
+        "{params.data} {params.weights} --out {output:q} 2> {log:q}"
+
+
+rule reduce:
+    message:
+        "Reducing activations to entropy / spectrum / magnitude ({config[analysis][bins]} bins, "
+        "{config[analysis][range_policy]} range)"
+    input:
+        ACTIVATIONS,
+    output:
+        values=REDUCTIONS,
+        summary=SUMMARY,
+    params:
+        cfg=rule_config("reduce"),
+        label=TEACHER["name"],
+    log:
+        "results/logs/reduce.log",
+    shell:
+        "{STEP} reduce --config-json {params.cfg:q} --activations {input:q} --model-label {params.label:q} "
+        "--out {output.values:q} --summary {output.summary:q} > {log:q} 2>&1"

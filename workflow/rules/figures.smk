@@ -1,0 +1,21 @@
+# One rule per figure, so a param that only one figure reads re-runs only that figure.
+for _figure, _stem in FIGURES.items():
+
+    rule:
+        name:
+            f"fig_{_figure}"
+        message:
+            f"Drawing {_stem}"
+        input:
+            REDUCTIONS,
+        output:
+            pdf=f"{_stem}.pdf",
+            png=f"{_stem}.png",
+        params:
+            cfg=rule_config(f"fig_{_figure}"),
+            figure=_figure,
+        log:
+            f"results/logs/fig_{_figure}.log",
+        shell:
+            "{STEP} figures --config-json {params.cfg:q} --figure {params.figure} "
+            "--reductions {input:q} --out {output.pdf:q} > {log:q} 2>&1"

@@ -1,0 +1,18 @@
+rule train_teacher:
+    message:
+        "Training the teacher {config[teacher][model][arch]} from scratch "
+        "({config[teacher][train][epochs]} epochs)"
+    input:
+        synthetic_data,
+    output:
+        weights=TEACHER_WEIGHTS,
+        log=TEACHER_LOG,
+    params:
+        cfg=rule_config("train_teacher"),
+        data=lambda w, input: f"--data {input[0]}" if input else "",
+    log:
+        "results/logs/train_teacher.log",
+    threads: workflow.cores
+    shell:
+        "{STEP} train-teacher --config-json {params.cfg:q} {params.data} "
+        "--out-dir results/teacher 2> {log:q}"
