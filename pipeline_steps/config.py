@@ -58,7 +58,8 @@ def _format_error(err: jsonschema.ValidationError) -> str:
         return (f"unknown params key {keys} {scope}; allowed keys: {', '.join(allowed)} "
                 f"(see {SCHEMA_PATH.relative_to(REPO_ROOT)})")
     desc = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
-    hint = f" ({desc.rstrip('.')})" if desc else ""
+    desc = " ".join(desc.split()).rstrip(".")  # folded YAML descriptions carry newlines
+    hint = f" ({desc})" if desc else ""
     return f"invalid params value at '{where}': {err.message}{hint}"
 
 

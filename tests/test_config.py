@@ -1,0 +1,83 @@
+"""params.yaml, the presets and the schema: validation, defaults, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from pipeline_steps.config import RULE_PARAMS, deep_merge, load_params, select, validate_params
+from pipeline_steps.errors import UserError
+
+from conftest import REPO, assert_one_line_error, run_step
+
+PRESETS = [REPO / "params.yaml", REPO / "configs" / "smoke.yaml", REPO / "configs" / "paper.yaml"]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_presets_validate(path):
+    params = load_params([path])
+    assert params["analysis"]["bins"] == 100
+    assert params["analysis"]["range_policy"] == "global"
+
+
+def test_defaults_are_filled():
+    params = validate_params({})
+    assert params["sample"] == {"n_images": 32, "strategy": "random", "seed": 0, "split": "test"}
+    assert params["teacher"]["model"]["weights"]["source"] == "train"
+    assert params["dataset"]["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+
+
+@pytest.mark.parametrize("snippet, fragments", [
+    ({"analysis": {"binz": 3}}, ["unknown params key 'binz'", "analysis", "bins"]),
+    ({"foo": 1}, ["unknown params key 'foo'", "top level"]),
+    ({"analysis": {"bins": "x"}}, ["analysis.bins", "not of type 'integer'"]),
+    ({"analysis": {"bins": 1}}, ["analysis.bins", "minimum"]),
+    ({"sample": {"strategy": "bogus"}}, ["sample.strategy", "bogus"]),
+    ({"teacher": {"model": {"arch": "x", "weights": {"source": "hub"}}}}, ["teacher.model.weights.source"]),
+    ({"dataset": {"kind": "imagefolder"}}, ["dataset.imagefolder.root"]),
+])
+def test_invalid_params_name_the_key(snippet, fragments):
+    with pytest.raises(UserError) as exc:
+        validate_params(snippet)
+    message = str(exc.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_cli_rejects_invalid_params_in_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"analysis": {"bins": -3}}))
+    out = tmp_path / "manifest.parquet"
+    proc = run_step("sample", "--params", str(bad), "--out", str(out))
+    assert_one_line_error(proc, "analysis.bins")
+    assert not out.exists()
+
+
+def test_cli_rejects_malformed_yaml(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("analysis: {bins: [1, 2\n")
+    proc = run_step("sample", "--params", str(bad), "--out", str(tmp_path / "m.parquet"))
+    assert_one_line_error(proc, "not valid YAML")
+
+
+def test_select_and_merge():
+    params = validate_params({})
+    sub = select(params, ["analysis.bins", "figures"])
+    assert sub == {"analysis": {"bins": 100}, "figures": params["figures"]}
+    merged = deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}})
+    assert merged == {"a": {"b": 1, "c": [2]}}
+
+
+def test_rule_params_match_dvc_stages():
+    """Every DVC stage tracks exactly the params its Snakemake rule passes to its step."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(RULE_PARAMS)
+    for name, stage in stages.items():
+        assert sorted(stage["params"]) == sorted(RULE_PARAMS[name]), name
+    # And each selected key exists in a validated config (no typos in RULE_PARAMS).
+    params = validate_params({})
+    for keys in RULE_PARAMS.values():
+        json.dumps(select(params, keys))
