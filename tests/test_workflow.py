@@ -1,0 +1,155 @@
+"""Real Snakemake and DVC runs of the smoke preset in a scratch copy of the repository.
+
+Covers: `snakemake -n` plans every preset; `snakemake --cores 2` builds every output and a
+second call has nothing to do; a fresh `dvc repro` rebuilds everything, a second is a no-op, a
+figure-only param re-runs only that figure, and `dvc checkout` does not make Snakemake redo work;
+the two orchestrators produce identical reductions.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, tool_env
+
+pytestmark = pytest.mark.integration
+
+SMOKE_OUTPUTS = [
+    "results/data/synthetic.npz",
+    "results/samples/manifest.parquet",
+    "results/teacher/model.safetensors",
+    "results/teacher/log.txt",
+    "results/activations/teacher.npz",
+    "results/reductions/teacher.parquet",
+    "results/reductions/teacher_summary.parquet",
+    *[f"results/figures/{stem}.{ext}" for stem in ("fig1_entropy", "fig2_magnitude", "fig3_spectra",
+                                                    "fig3_spectra_all") for ext in ("pdf", "png")],
+]
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+def scratch_copy(dst: Path, preset: str | None = "configs/smoke.yaml") -> Path:
+    """Copy the working tree's project files (tracked + untracked, not ignored) into a new git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    if preset:
+        shutil.copy(dst / preset, dst / "params.yaml")
+    sh(["git", "init", "-q"], dst)
+    sh(["git", "add", "-A"], dst)
+    sh(["git", "commit", "-qm", "scratch copy"], dst)
+    return dst
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def test_snakemake_dry_run_plans_every_preset():
+    for preset, jobs in [(None, 10), ("configs/smoke.yaml", 10), ("configs/paper.yaml", 8)]:
+        extra = ["--configfile", preset] if preset else []
+        proc = sh(["snakemake", "-n", "--directory", str(REPO), *extra], REPO)
+        total = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
+        assert total and int(total.group(1)) == jobs, (preset, proc.stdout[-2000:])
+
+
+@pytest.fixture(scope="module")
+def snakemake_run(tmp_path_factory) -> Path:
+    work = scratch_copy(tmp_path_factory.mktemp("snakemake"))
+    sh(["snakemake", "--cores", "2"], work)
+    return work
+
+
+def test_snakemake_builds_everything_then_has_nothing_to_do(snakemake_run):
+    for rel in SMOKE_OUTPUTS:
+        assert (snakemake_run / rel).stat().st_size > 0, rel
+    for rule in ("generate_data", "sample", "train_teacher", "extract", "reduce", "fig_entropy"):
+        assert (snakemake_run / "results" / "logs" / f"{rule}.log").exists(), rule
+    again = sh(["snakemake", "-n"], snakemake_run)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_reductions_table_shape(snakemake_run):
+    values = pd.read_parquet(snakemake_run / "results/reductions/teacher.parquet")
+    depth, width = 6, 64  # configs/smoke.yaml
+    assert sorted(values["layer"].unique()) == list(range(1, depth + 1))
+    counts = values.groupby("metric").size().to_dict()
+    assert counts == {"entropy": depth, "magnitude": depth, "spectrum": depth * width}
+    assert set(values["n_images"]) == {16}
+    entropy = values[values.metric == "entropy"]["value"]
+    assert ((entropy > 0) & (entropy <= 6.0)).all()  # 64 channels -> at most log2(64) bits
+    summary = pd.read_parquet(snakemake_run / "results/reductions/teacher_summary.parquet")
+    assert set(summary["metric"]) == {"entropy", "magnitude"}
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = scratch_copy(tmp_path_factory.mktemp("dvc"))
+    first = sh(["dvc", "repro"], work)
+    return work, first
+
+
+def test_dvc_repro_builds_everything(dvc_repo):
+    work, first = dvc_repo
+    stages = set(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
+    assert set(ran_stages(first.stdout)) == stages
+    for rel in SMOKE_OUTPUTS:
+        assert (work / rel).stat().st_size > 0, rel
+    assert (work / "dvc.lock").exists()
+
+
+def test_dvc_and_snakemake_agree(dvc_repo, snakemake_run):
+    """Same params, two orchestrators, identical numbers (training and extraction are deterministic)."""
+    work, _ = dvc_repo
+    a = pd.read_parquet(work / "results/reductions/teacher.parquet")
+    b = pd.read_parquet(snakemake_run / "results/reductions/teacher.parquet")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_dvc_second_repro_is_a_noop_and_figure_param_reruns_one_stage(dvc_repo):
+    work, _ = dvc_repo
+    second = sh(["dvc", "repro"], work)
+    assert ran_stages(second.stdout) == [], second.stdout
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["figures"]["spectra_layers"] = [1, 2, 3, 4, 5, 6]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = (work / "results/figures/fig1_entropy.png").read_bytes()
+    third = sh(["dvc", "repro"], work)
+    assert ran_stages(third.stdout) == ["fig_spectra"], third.stdout
+    assert (work / "results/figures/fig1_entropy.png").read_bytes() == before
+
+
+def test_dvc_checkout_does_not_make_snakemake_redo_work(dvc_repo):
+    work, _ = dvc_repo
+    sh(["dvc", "repro"], work)  # in case an earlier test left params changed
+    sh(["git", "add", "-A"], work)
+    sh(["git", "commit", "-qm", "results"], work)
+    figure = work / "results/figures/fig2_magnitude.png"
+    original = figure.read_bytes()
+    figure.unlink()
+    (work / "results/reductions/teacher.parquet").unlink()
+    sh(["dvc", "checkout"], work)
+    assert figure.read_bytes() == original
+    plan = sh(["snakemake", "-n"], work)
+    assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-3000:]
+    status = sh(["dvc", "status"], work)
+    assert "up to date" in status.stdout, status.stdout
