@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from .errors import UserError
+from .losses import build_method
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def train_model(
     on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` with label-smoothed cross-entropy and evaluate after every epoch.
+    """Train ``model`` with label-smoothed cross-entropy (the ``ce`` method) and evaluate after every epoch.
 
     Args:
         model: A freshly initialised classifier (train mode is set here).
@@ -134,6 +135,7 @@ def train_model(
                               sampler=RandomSampler(train_set, generator=shuffle),
                               num_workers=recipe.num_workers)
     test_loader = DataLoader(test_set, batch_size=2 * recipe.batch_size, num_workers=recipe.num_workers)
+    objective = build_method("ce", label_smoothing=recipe.label_smoothing)
     optimizer = build_optimizer(model, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(train_loader))
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -150,7 +152,7 @@ def train_model(
                    unit="batch", leave=False, mininterval=2.0)
         for images, labels in bar:
             logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+            loss = objective(logits, labels)["loss"]
             if not math.isfinite(loss.item()):
                 raise RuntimeError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
