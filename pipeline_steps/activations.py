@@ -392,18 +392,19 @@ class ActivationsFile:
     def iter_chunks(self, layer: int | str, chunk_images: int) -> Iterator[np.ndarray]:
         """Yield one layer in consecutive chunks of up to ``chunk_images`` images, ``[c, C, H, W]`` each.
 
-        Only one chunk is in memory at a time: the layer is memory-mapped at its offset in the
-        archive and each chunk is copied out of the map.
+        Only one chunk is in memory at a time. Chunks are read with plain file reads at the layer's
+        offset in the (uncompressed) archive rather than through a memory map, whose touched pages
+        would stay resident and make memory grow with the number of images.
         """
         if chunk_images < 1:
             raise ValueError(f"chunk_images must be >= 1, got {chunk_images}")
         offset, shape, dtype = self._member(layer)
-        mm = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
-        try:
+        per_image = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+        with open(self.path, "rb") as fh:
             for start in range(0, shape[0], chunk_images):
-                yield np.array(mm[start:start + chunk_images])
-        finally:
-            del mm
+                chunk = np.empty((min(chunk_images, shape[0] - start), *shape[1:]), dtype=dtype)
+                self._read_into(fh, offset + start * per_image, chunk)
+                yield chunk
 
     def load_all(self) -> np.ndarray:
         """All layers stacked as ``[L, B, C, H, W]`` (for small files; needs L layers of memory)."""

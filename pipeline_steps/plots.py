@@ -87,10 +87,12 @@ def figure_profile(values: pd.DataFrame, metric: str, title: str | None = None) 
         groups = list(prof.groupby(["model", "checkpoint"], sort=False))
         for (model, checkpoint), g in groups:
             label = model if len(groups) == 1 or checkpoint == "final" else f"{model} ({checkpoint})"
-            ax.plot(g["layer"], g["value"], marker="o", label=label)
+            (line,) = ax.plot(g["layer"], g["value"], marker="o", label=label)
             i = int(np.argmin(g["value"].to_numpy()))
-            ax.annotate(f"min: layer {int(g['layer'].iloc[i])}", (g["layer"].iloc[i], g["value"].iloc[i]),
-                        textcoords="offset points", xytext=(0, -14), ha="center", fontsize=8)
+            x, y = g["layer"].iloc[i], g["value"].iloc[i]
+            ax.plot([x], [y], marker="o", ms=9, mfc="none", mec=line.get_color(), mew=1.2)
+            ax.annotate(f"min: layer {int(x)}", (x, y), textcoords="offset points", xytext=(0, 9),
+                        ha="center", va="bottom", fontsize=8)
         _integer_layer_axis(ax, int(prof["layer"].max()))
         ax.set_ylabel(METRIC_LABELS[metric])
         if title:

@@ -69,7 +69,7 @@ def reduce_activations(
 
     common = {
         "model": model_label,
-        "arch": meta["arch"],
+        "arch": meta["model"]["arch"],
         "checkpoint": checkpoint,
         "epoch": epoch,
         "n_images": int(result["n_images"]),
@@ -80,7 +80,7 @@ def reduce_activations(
     }
     rows: list[dict[str, Any]] = []
     for i in range(n_layers):
-        layer = {"layer": i + 1, "layer_name": meta["layer_names"][i],
+        layer = {"layer": meta["layer_indices"][i] + 1, "layer_name": meta["layer_names"][i],
                  "range_min": float(layer_ranges[i][0]), "range_max": float(layer_ranges[i][1])}
         for metric in SCALAR_METRICS:
             rows.append({**layer, "metric": metric, "k": None, "value": float(result[metric][i])})

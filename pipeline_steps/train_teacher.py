@@ -53,8 +53,9 @@ def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Pa
     torch.manual_seed(recipe.seed)
     out_dir = Path(out_dir)
     rows = train_model(model, train_set, test_set, recipe, out_dir / "log.txt", progress=progress)
-    save_weights(model.eval(), out_dir / "model.safetensors", {"spec": spec, "epochs": recipe.epochs,
-                                                                 "test_acc1": rows[-1]["test_acc1"]})
+    save_weights(model.eval(), out_dir / "model.safetensors",
+                 {"arch": spec["arch"], "kwargs": spec["kwargs"], "epochs": recipe.epochs,
+                  "test_acc1": rows[-1]["test_acc1"]})
     return rows
 
 
