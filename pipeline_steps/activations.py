@@ -168,12 +168,30 @@ def _assemble(dest: Path, parts: Path, names: list[str], meta: Mapping[str, Any]
         zf.writestr(_zip_info(f"{_META}.npy"), _npy_bytes(meta_array))
 
 
+class _NpyAppender:
+    """A ``.npy`` file of known final shape, written batch by batch with plain appends."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.shape = tuple(int(n) for n in shape)
+        self._fh = open(path, "wb")
+        np.lib.format.write_array_header_1_0(
+            self._fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                       "shape": self.shape})
+
+    def append(self, batch: np.ndarray) -> None:
+        self._fh.write(np.ascontiguousarray(batch, dtype=np.float32).data)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
 def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: Iterable, layers: Iterable[int],
                       meta: Mapping[str, Any] | None = None) -> dict:
     """Run ``model`` over ``loader`` and write the selected blocks' activations as one NPZ, atomically.
 
-    Memory does not grow with the number of images: each batch goes straight into per-layer ``.npy``
-    memmaps in a temporary directory beside ``path``, which are then copied into the archive. On any
+    Memory does not grow with the number of images: each batch is appended to per-layer ``.npy``
+    files in a temporary directory beside ``path`` (plain writes: a writable memory map would keep
+    every dirty page resident), which are then copied into the archive. On any
     error nothing is left at ``path`` and the temporary files are removed. Progress (batches) is shown
     on stderr.
 
@@ -211,8 +229,8 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
         raise UserError("no images to extract activations from; check the sample manifest")
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".parts", dir=path.parent))
+    writers: list[_NpyAppender] | None = None
     try:
-        maps: list[np.memmap] | None = None
         labels: list[int] | None = []
         seen = 0
         try:
@@ -224,12 +242,11 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
                 b = acts[0].shape[0]
                 if seen + b > total:
                     raise ValueError(f"loader yielded more than the {total} images expected")
-                if maps is None:
-                    maps = [np.lib.format.open_memmap(parts / f"{name}.npy", mode="w+", dtype=np.float32,
-                                                      shape=(total, *a.shape[1:]))
-                            for name, a in zip(names, acts)]
-                for mm, a in zip(maps, acts):
-                    mm[seen:seen + b] = a.detach().cpu().numpy()
+                if writers is None:
+                    writers = [_NpyAppender(parts / f"{name}.npy", (total, *a.shape[1:]))
+                               for name, a in zip(names, acts)]
+                for writer, a in zip(writers, acts):
+                    writer.append(a.detach().cpu().numpy())
                 if labels is not None and y is not None:
                     labels.extend(int(v) for v in y.reshape(-1).tolist())
                 else:
@@ -239,10 +256,9 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
         if seen != total:
             raise ValueError(f"loader yielded {seen} images but {total} were expected")
         shapes = {}
-        for name, mm in zip(names, maps or []):
-            mm.flush()
-            shapes[name] = list(mm.shape)
-        del maps
+        for name, writer in zip(names, writers or []):
+            writer.close()
+            shapes[name] = list(writer.shape)
 
         if labels is not None and meta.get("labels") is not None:
             given = [int(v) for v in meta["labels"]]
@@ -267,6 +283,8 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
         with atomic_path(path) as tmp:
             _assemble(tmp, parts, names, meta)
     finally:
+        for writer in writers or []:
+            writer.close()
         shutil.rmtree(parts, ignore_errors=True)
     return meta
 
