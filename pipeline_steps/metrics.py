@@ -395,6 +395,14 @@ def _reduce_chunk(t: torch.Tensor, ws: _Workspace, *, spec: _BinSpec | None = No
 # Streaming accumulators
 # ----------------------------------------------------------------------------------------------------
 
+def _same_dtype(seen: np.dtype | None, t: Any) -> np.dtype:
+    """The chunk's numpy dtype, checked against the one earlier chunks had (if any)."""
+    dtype = _np_dtype(t)
+    if seen is not None and dtype != seen:
+        raise UserError(f"chunk dtype {dtype} differs from earlier chunks ({seen}); feed every layer in one dtype")
+    return dtype
+
+
 class RangeAccumulator:
     """Pass 1 of a streaming reduction: per-layer min and max, in the data's dtype.
 
@@ -429,12 +437,7 @@ class RangeAccumulator:
         """
         layer = _check_layer(layer, self.n_layers)
         t = _as_chunk(chunk)
-        dtype = _np_dtype(t)
-        if self._dtype is None:
-            self._dtype = dtype
-        elif dtype != self._dtype:
-            raise UserError(f"chunk dtype {dtype} differs from earlier chunks ({self._dtype}); "
-                            "feed every layer in one dtype")
+        self._dtype = _same_dtype(self._dtype, t)
         lo, hi = _minmax(t)
         if layer >= len(self._lo):
             grow = layer + 1 - len(self._lo)
@@ -524,17 +527,12 @@ class MetricAccumulator:
         """
         layer = _check_layer(layer, self.n_layers)
         t = _as_chunk(chunk)
-        dtype = _np_dtype(t)
-        if self._dtype is None:
-            self._dtype = dtype
-        elif dtype != self._dtype:
-            raise UserError(f"chunk dtype {dtype} differs from earlier chunks ({self._dtype}); "
-                            "feed every layer in one dtype")
+        self._dtype = _same_dtype(self._dtype, t)
         c = t.shape[1]
         if self._channels[layer] is not None and c != self._channels[layer]:
             raise UserError(f"layer {layer} got {c} channels but earlier chunks had {self._channels[layer]}; "
                             "keep the [b, C, H, W] layout for every chunk")
-        spec = _spec_for(self.ranges[layer], self.bins, dtype)
+        spec = _spec_for(self.ranges[layer], self.bins, self._dtype)
         sums = _reduce_chunk(t, self._ws, spec=spec, out_of_range=_out_of_range(t, spec), spectrum=True,
                              magnitude=True)
         if self._channels[layer] is None:  # first chunk of this layer, and a valid one
