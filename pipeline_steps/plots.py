@@ -91,8 +91,8 @@ def figure_profile(values: pd.DataFrame, metric: str, title: str | None = None) 
             i = int(np.argmin(g["value"].to_numpy()))
             x, y = g["layer"].iloc[i], g["value"].iloc[i]
             ax.plot([x], [y], marker="o", ms=9, mfc="none", mec=line.get_color(), mew=1.2)
-            ax.annotate(f"min: layer {int(x)}", (x, y), textcoords="offset points", xytext=(0, 9),
-                        ha="center", va="bottom", fontsize=8)
+            ax.annotate(f"min: layer {int(x)}", (x, y), textcoords="offset points", xytext=(8, 4),
+                        ha="left", va="bottom", fontsize=8)
         _integer_layer_axis(ax, int(prof["layer"].max()))
         ax.set_ylabel(METRIC_LABELS[metric])
         if title:
