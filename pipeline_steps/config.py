@@ -20,6 +20,8 @@ from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+#: Where the generate-data step writes the synthetic dataset (the steps' default ``--data``).
+SYNTHETIC_PATH = "results/data/synthetic.npz"
 
 
 @functools.cache

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ._io import atomic_path, sha256_bytes
+from .config import SYNTHETIC_PATH
 from .errors import UserError
 
 __all__ = [
@@ -54,7 +55,6 @@ CLASS_NAMES: tuple[str, ...] = (
 #: Bumped whenever the rendering changes, so an artifact records which generator made it.
 GENERATOR_VERSION = 1
 #: Where the pipeline keeps the generated dataset (the generate-data step's default output).
-SYNTHETIC_PATH = "results/data/synthetic.npz"
 SPLITS = ("train", "test")
 STRATEGIES = ("random", "stratified", "first")
 MANIFEST_COLUMNS = ("position", "index", "id", "label", "class_name", "split", "strategy", "seed",

@@ -20,18 +20,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import SYNTHETIC_PATH
 from .errors import UserError
 
-#: Where the generate-data step writes the synthetic dataset.
-DEFAULT_SYNTHETIC_PATH = "results/data/synthetic.npz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, metavar="PARQUET", help="sample manifest (from the sample step)")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="weight file overriding the model's weights source (.safetensors/.pth)")
-    parser.add_argument("--data", default=DEFAULT_SYNTHETIC_PATH, metavar="NPZ",
-                        help=f"synthetic dataset file, for dataset.kind=synthetic (default {DEFAULT_SYNTHETIC_PATH})")
+    parser.add_argument("--data", default=SYNTHETIC_PATH, metavar="NPZ",
+                        help=f"synthetic dataset file, for dataset.kind=synthetic (default {SYNTHETIC_PATH})")
     parser.add_argument("--model-key", default="teacher", metavar="KEY",
                         help="params key (dotted path) of the model to extract, e.g. teacher (default)")
     parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
@@ -80,7 +79,7 @@ def _read_manifest(path: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821
 
 def run(params: dict, out: str | os.PathLike, *, manifest_path: str | os.PathLike,
         weights_path: str | os.PathLike | None = None,
-        synthetic_path: str | os.PathLike | None = DEFAULT_SYNTHETIC_PATH,
+        synthetic_path: str | os.PathLike | None = SYNTHETIC_PATH,
         model_key: str = "teacher", device: str = "cpu") -> dict:
     """Extract the activations of one model on the manifest's images and write them as an NPZ.
 

@@ -55,17 +55,16 @@ def reduce_activations(
     meta = acts.meta
     n_layers = len(acts.layers)
 
-    ranges = RangeAccumulator()
-    for i in tqdm(range(n_layers), desc="range pass", disable=not progress, leave=False):
-        for chunk in acts.iter_chunks(i, chunk_images):
-            ranges.update(i, chunk)
-    layer_ranges = [ranges.value_range(range_policy, i) for i in range(n_layers)]
+    def fold(accumulator, desc: str):
+        """One pass over every layer, chunk by chunk."""
+        for i in tqdm(range(n_layers), desc=desc, disable=not progress, leave=False):
+            for chunk in acts.iter_chunks(i, chunk_images):
+                accumulator.update(i, chunk)
+        return accumulator
 
-    accumulator = MetricAccumulator(n_layers, bins=bins, ranges=layer_ranges)
-    for i in tqdm(range(n_layers), desc="metrics pass", disable=not progress, leave=False):
-        for chunk in acts.iter_chunks(i, chunk_images):
-            accumulator.update(i, chunk)
-    result = accumulator.result()
+    ranges = fold(RangeAccumulator(), "range pass")
+    layer_ranges = [ranges.value_range(range_policy, i) for i in range(n_layers)]
+    result = fold(MetricAccumulator(n_layers, bins=bins, ranges=layer_ranges), "metrics pass").result()
 
     common = {
         "model": model_label,

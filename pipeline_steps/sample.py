@@ -16,12 +16,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import SYNTHETIC_PATH
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from .data import AnalysisDataset
 
-DEFAULT_SYNTHETIC = "results/data/synthetic.npz"
 
 
 def run(out: str | Path, dataset: AnalysisDataset, *, n_images: int, strategy: str, seed: int, split: str,
@@ -49,8 +50,8 @@ def run(out: str | Path, dataset: AnalysisDataset, *, n_images: int, strategy: s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default=DEFAULT_SYNTHETIC,
-                        help=f"generated dataset NPZ, for dataset.kind: synthetic (default {DEFAULT_SYNTHETIC})")
+    parser.add_argument("--data", default=SYNTHETIC_PATH,
+                        help=f"generated dataset NPZ, for dataset.kind: synthetic (default {SYNTHETIC_PATH})")
     parser.add_argument("--out", required=True, help="output Parquet, e.g. results/samples/manifest.parquet")
 
 

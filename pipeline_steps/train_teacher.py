@@ -11,12 +11,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from .config import SYNTHETIC_PATH
 from .errors import UserError
 
-DEFAULT_SYNTHETIC = "results/data/synthetic.npz"
 
-
-def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Path = DEFAULT_SYNTHETIC,
+def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Path = SYNTHETIC_PATH,
         progress: bool = True) -> list[dict[str, Any]]:
     """Train ``params["teacher"]["model"]`` on the training split and save it.
 
@@ -61,7 +60,7 @@ def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Pa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", required=True, help="output directory (model.safetensors, log.txt)")
-    parser.add_argument("--data", default=DEFAULT_SYNTHETIC, help="generated dataset artifact (synthetic data)")
+    parser.add_argument("--data", default=SYNTHETIC_PATH, help="generated dataset artifact (synthetic data)")
 
 
 def main(args: argparse.Namespace, params: dict[str, Any]) -> None:

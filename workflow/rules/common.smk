@@ -3,7 +3,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline_steps.config import RULE_PARAMS, select, validate_params
+from pipeline_steps.config import RULE_PARAMS, SYNTHETIC_PATH, select, validate_params
 from pipeline_steps.errors import UserError
 
 try:
@@ -15,7 +15,7 @@ except UserError as exc:
 STEP = f"{sys.executable} -m pipeline_steps"
 TEACHER = config["teacher"]
 
-DATA = "results/data/synthetic.npz"
+DATA = SYNTHETIC_PATH
 MANIFEST = "results/samples/manifest.parquet"
 TEACHER_WEIGHTS = "results/teacher/model.safetensors"
 TEACHER_LOG = "results/teacher/log.txt"
