@@ -22,6 +22,7 @@ STEPS = {
     "extract": "extract",
     "reduce": "reduce",
     "figures": "figures",
+    "evolution": "evolution",
 }
 
 

@@ -1,0 +1,185 @@
+"""Per-checkpoint analysis of one distillation run: the student's layer-wise profiles over training (Fig. 4).
+
+Usage::
+
+    python -m pipeline_steps evolution --params params.yaml \\
+        --run-dir results/runs/<run_id> --manifest results/samples/manifest.parquet \\
+        [--data results/data/synthetic.npz] \\
+        --out results/evolution/<run_id>.parquet --summary results/evolution/<run_id>_summary.parquet
+
+The run directory holds ``checkpoints.json`` (written by the distill step)::
+
+    {"run_id": "spectralkd_f1-s0", "epochs": 4,
+     "checkpoints": [{"epoch": 0, "path": "checkpoints/epoch_0000.safetensors", "sha256": "<hex>"}, ...]}
+
+with ``path`` relative to the run directory and ``epoch`` the number of completed training epochs (0 = the
+initial random student). Every checkpoint's SHA-256 is checked first, then each one goes through exactly the
+teacher analysis: :func:`pipeline_steps.extract.run` (the model rebuilt from the file's own spec, as a
+``weights.source: file`` model) and :func:`pipeline_steps.reduce.reduce_activations`, with the ``analysis``
+params. The activations live in a temporary directory beside ``--out`` and are deleted after reduction.
+
+Outputs:
+
+- ``--out``: the reduce step's values table for all checkpoints (columns ``model`` (= run id), ``arch``,
+  ``checkpoint`` (the file's stem), ``epoch``, ``layer``, ``layer_name``, ``metric``, ``k``, ``value``,
+  ``n_images``, ``bins``, ``range_policy``, ``range_min``, ``range_max``, ``weights_hash``,
+  ``manifest_hash``) plus ``run_id``; ordered by epoch.
+- ``--summary``: the reduce step's profile summary per checkpoint and metric (``argmin_layer``, ``first``,
+  ``min``, ``last``, ``drop``, ``rise``, ``u_shaped``, ...) plus ``run_id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import SYNTHETIC_PATH
+from .errors import UserError
+
+#: The params key under which the checkpoint's model spec is handed to the extract step.
+_MODEL_KEY = "evolution_checkpoint"
+
+
+def read_checkpoints(run_dir: str | Path, *, verify: bool = True) -> tuple[str, list[dict[str, Any]]]:
+    """Read and check a run's ``checkpoints.json``.
+
+    Args:
+        run_dir: The run directory (``results/runs/<run_id>``).
+        verify: Check that every listed file exists and has the recorded SHA-256.
+
+    Returns:
+        ``(run_id, checkpoints)``: the run id (from the file, else the directory name) and the entries
+        sorted by epoch, each with ``epoch`` (int), ``path`` (absolute :class:`Path`) and ``sha256``.
+
+    Raises:
+        UserError: Missing or malformed ``checkpoints.json``, a duplicate epoch, a missing checkpoint
+            file or one whose SHA-256 differs from the recorded one.
+    """
+    from ._io import sha256_file
+
+    run_dir = Path(run_dir)
+    index = run_dir / "checkpoints.json"
+    if not index.is_file():
+        raise UserError(f"no checkpoints.json in run directory {run_dir}; run the distill step for this run first")
+    try:
+        doc = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{index} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run the distill step "
+                        "for this run") from None
+    entries = doc.get("checkpoints") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{index} lists no checkpoints; re-run the distill step for this run")
+    run_id = str(doc.get("run_id") or run_dir.name)
+
+    checkpoints = []
+    for n, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and isinstance(entry.get("path"), str)
+                and isinstance(entry.get("sha256"), str)):
+            raise UserError(f"{index}: checkpoint entry {n} needs integer 'epoch', string 'path' and 'sha256'; "
+                            "re-run the distill step for this run")
+        checkpoints.append({"epoch": entry["epoch"], "path": (run_dir / entry["path"]).resolve(),
+                            "sha256": entry["sha256"].lower()})
+    epochs = [c["epoch"] for c in checkpoints]
+    duplicated = sorted({e for e in epochs if epochs.count(e) > 1})
+    if duplicated:
+        raise UserError(f"{index} lists epoch {duplicated[0]} more than once; re-run the distill step for this run")
+    checkpoints.sort(key=lambda c: c["epoch"])
+
+    if verify:
+        for c in checkpoints:
+            path = c["path"]
+            if not path.is_file():
+                raise UserError(f"checkpoint file {path} (epoch {c['epoch']}, listed in {index}) is missing; "
+                                f"restore it or re-run the distill step for {run_id}")
+            actual = sha256_file(path)
+            if actual != c["sha256"]:
+                raise UserError(f"checkpoint file {path} (epoch {c['epoch']}) has SHA-256 {actual[:12]}... but "
+                                f"{index} records {c['sha256'][:12]}...; the file changed after training, restore "
+                                f"it or re-run the distill step for {run_id}")
+    return run_id, checkpoints
+
+
+def run(params: dict, run_dir: str | Path, out: str | Path, summary_out: str | Path, *,
+        manifest_path: str | Path, synthetic_path: str | Path | None = SYNTHETIC_PATH, device: str = "cpu",
+        progress: bool = True) -> tuple["pd.DataFrame", "pd.DataFrame"]:  # noqa: F821
+    """Analyse every checkpoint of one run and write the values and summary tables atomically.
+
+    Args:
+        params: Validated params (``dataset``, ``analysis``; ``sample.split`` only if the manifest has no
+            ``split`` column).
+        run_dir: The run directory with ``checkpoints.json``.
+        out: Values table (Parquet).
+        summary_out: Summary table (Parquet).
+        manifest_path: Sample manifest from the sample step (the teacher's analysis sample).
+        synthetic_path: The generated dataset, for ``dataset.kind: synthetic``.
+        device: Torch device for the forward passes.
+        progress: tqdm bar over checkpoints (stderr).
+
+    Returns:
+        ``(values, summary)`` as written.
+
+    Raises:
+        UserError: See :func:`read_checkpoints`; anything the extract step rejects. Nothing is written
+            then.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from . import extract
+    from ._io import write_parquet
+    from .models import load_checkpoint_spec
+    from .reduce import reduce_activations
+
+    run_id, checkpoints = read_checkpoints(run_dir)
+    analysis = params["analysis"]
+    out, summary_out = Path(out), Path(summary_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    values_parts, summary_parts = [], []
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
+        for c in tqdm(checkpoints, desc=f"evolution {run_id}", unit="ckpt", disable=not progress, file=sys.stderr):
+            spec = load_checkpoint_spec(c["path"])  # {"arch", "kwargs", "weights": {"source": "file", "path"}}
+            step_params = {**params, _MODEL_KEY: {"model": spec}}
+            npz = Path(tmp) / f"epoch_{c['epoch']:04d}.npz"
+            extract.run(step_params, npz, manifest_path=manifest_path, synthetic_path=synthetic_path,
+                        model_key=_MODEL_KEY, device=device)
+            values, summary = reduce_activations(
+                npz, bins=analysis["bins"], range_policy=analysis["range_policy"],
+                chunk_images=analysis["chunk_images"], model_label=run_id, checkpoint=c["path"].stem,
+                epoch=c["epoch"], progress=False)
+            npz.unlink()  # one checkpoint's activations on disk at a time
+            values_parts.append(values.assign(run_id=run_id))
+            summary_parts.append(summary.assign(run_id=run_id))
+
+    values = pd.concat(values_parts, ignore_index=True)
+    summary = pd.concat(summary_parts, ignore_index=True)
+    write_parquet(out, values)
+    try:
+        write_parquet(summary_out, summary)
+    except BaseException:
+        out.unlink(missing_ok=True)  # both tables or neither
+        raise
+    return values, summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", required=True, metavar="DIR",
+                        help="distillation run directory holding checkpoints.json (results/runs/<run_id>)")
+    parser.add_argument("--manifest", required=True, metavar="PARQUET", help="sample manifest (from the sample step)")
+    parser.add_argument("--data", default=SYNTHETIC_PATH, metavar="NPZ",
+                        help=f"synthetic dataset file, for dataset.kind=synthetic (default {SYNTHETIC_PATH})")
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
+    parser.add_argument("--out", required=True, metavar="PARQUET", help="values table for all checkpoints")
+    parser.add_argument("--summary", required=True, metavar="PARQUET", help="profile summary per checkpoint")
+
+
+def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    values, summary = run(params, args.run_dir, args.out, args.summary, manifest_path=args.manifest,
+                          synthetic_path=args.data, device=args.device)
+    entropy = summary[summary["metric"] == "entropy"]
+    trace = ", ".join(f"epoch {int(r.epoch)}: min at layer {int(r.argmin_layer)}" for r in entropy.itertuples())
+    print(f"{entropy['run_id'].iloc[0]}: {len(entropy)} checkpoints, {len(values)} rows -> {args.out} ({trace})")

@@ -1,0 +1,141 @@
+"""The evolution step (per-checkpoint analysis of a distillation run) and Fig. 4, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_steps import generate_data, sample
+from pipeline_steps._io import sha256_file
+from pipeline_steps.data import open_dataset
+from pipeline_steps.errors import UserError
+from pipeline_steps.evolution import read_checkpoints
+from pipeline_steps.models import create_model, save_weights
+
+from conftest import assert_one_line_error, run_step
+
+KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 10}
+ARCH = "vit_tiny_patch16_224"
+EPOCHS = (0, 1, 2)
+RUN_ID = "spectralkd_f1-s0"
+DATA = {"dataset": {"kind": "synthetic", "synthetic": {"train_size": 20, "test_size": 40, "seed": 0}}}
+ANALYSIS = {"batch_size": 3, "layers": "all", "bins": 100, "range_policy": "global", "chunk_images": 4}
+CFG = json.dumps({**DATA, "sample": {"n_images": 8}, "analysis": ANALYSIS})
+
+
+def make_run(run_dir, epochs=EPOCHS, kwargs=KWARGS) -> None:
+    """A run directory as the distill step writes it; each 'epoch' is a differently seeded random student."""
+    entries = []
+    for epoch in epochs:
+        model = create_model({"arch": ARCH, "kwargs": kwargs, "weights": {"source": "random", "seed": 10 + epoch}})
+        rel = f"checkpoints/epoch_{epoch:04d}.safetensors"
+        save_weights(model, run_dir / rel, {"arch": ARCH, "kwargs": kwargs, "epoch": epoch})
+        entries.append({"epoch": epoch, "path": rel, "sha256": sha256_file(run_dir / rel)})
+    doc = {"run_id": run_dir.name, "epochs": max(epochs), "checkpoints": entries}
+    (run_dir / "checkpoints.json").write_text(json.dumps(doc, indent=2))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("evolution")
+    # The generate-data and sample steps' own functions (their CLIs are tested elsewhere).
+    generate_data.run(work / "data.npz", num_classes=10, image_size=32, train_size=20, test_size=40, seed=0,
+                      progress=False)
+    dataset = open_dataset(DATA, "test", synthetic_path=work / "data.npz")
+    sample.run(work / "manifest.parquet", dataset, n_images=8, strategy="random", seed=0, split="test",
+               progress=False)
+    make_run(work / "runs" / RUN_ID)
+    return work
+
+
+def evolution(work, run_dir, out_name: str = RUN_ID):
+    out, summary = work / "evolution" / f"{out_name}.parquet", work / "evolution" / f"{out_name}_summary.parquet"
+    proc = run_step("evolution", "--config-json", CFG, "--run-dir", str(run_dir),
+                    "--manifest", str(work / "manifest.parquet"), "--data", str(work / "data.npz"),
+                    "--out", str(out), "--summary", str(summary))
+    return proc, out, summary
+
+
+@pytest.fixture(scope="module")
+def evolved(work):
+    proc, out, summary = evolution(work, work / "runs" / RUN_ID)
+    assert proc.returncode == 0, proc.stderr
+    return pd.read_parquet(out), pd.read_parquet(summary)
+
+
+def test_one_value_per_checkpoint_layer_and_metric(evolved, work):
+    values, summary = evolved
+    depth, width = KWARGS["depth"], KWARGS["embed_dim"]
+    assert set(values["run_id"]) == {RUN_ID} and set(values["model"]) == {RUN_ID}
+    assert sorted(values["epoch"].unique()) == list(EPOCHS)
+    scalars = values[values["metric"] != "spectrum"]
+    counts = scalars.groupby(["epoch", "layer", "metric"]).size()
+    assert (counts == 1).all() and len(counts) == len(EPOCHS) * depth * 2
+    assert values[values["metric"] == "spectrum"].groupby(["epoch", "layer"]).size().eq(width).all()
+    assert sorted(values["layer"].unique()) == list(range(1, depth + 1))
+    assert set(values["checkpoint"]) == {f"epoch_{e:04d}" for e in EPOCHS}
+    assert set(values["n_images"]) == {8}
+    # Differently initialised checkpoints give different profiles (the step really loads each file).
+    entropy = scalars[scalars["metric"] == "entropy"].pivot(index="layer", columns="epoch", values="value")
+    assert not np.allclose(entropy[0], entropy[1]) and not np.allclose(entropy[1], entropy[2])
+    # Summary: one row per (epoch, metric), consistent with the values.
+    assert len(summary) == len(EPOCHS) * 2 and set(summary["run_id"]) == {RUN_ID}
+    for epoch in EPOCHS:
+        row = summary[(summary["epoch"] == epoch) & (summary["metric"] == "entropy")].iloc[0]
+        assert row["argmin_layer"] == int(entropy[epoch].idxmin())
+        assert row["drop"] == pytest.approx(entropy[epoch].iloc[0] - entropy[epoch].min(), abs=0)
+    assert not [p.name for p in (work / "evolution").iterdir() if p.name.startswith(".")]  # temp dir removed
+
+
+def test_values_equal_the_teacher_analysis_of_each_checkpoint(evolved, work):
+    """Bit-exact: the same numbers as extract + reduce run on the checkpoint as a weights.source: file model."""
+    values, _ = evolved
+    epoch = 1
+    ckpt = work / "runs" / RUN_ID / f"checkpoints/epoch_{epoch:04d}.safetensors"
+    model = {"arch": ARCH, "kwargs": KWARGS, "weights": {"source": "file", "path": str(ckpt)}}
+    cfg = json.dumps({**json.loads(CFG), "teacher": {"model": model}})
+    acts, ref, ref_summary = work / "ref.npz", work / "ref.parquet", work / "ref_summary.parquet"
+    run_step("extract", "--config-json", cfg, "--manifest", str(work / "manifest.parquet"),
+             "--data", str(work / "data.npz"), "--out", str(acts), check=True)
+    run_step("reduce", "--config-json", cfg, "--activations", str(acts), "--out", str(ref),
+             "--summary", str(ref_summary), "--epoch", str(epoch), check=True)
+    expected = pd.read_parquet(ref)
+    got = values[values["epoch"] == epoch].reset_index(drop=True)
+    cols = ["arch", "epoch", "layer", "layer_name", "metric", "k", "value", "n_images", "bins", "range_policy",
+            "range_min", "range_max", "weights_hash", "manifest_hash"]
+    pd.testing.assert_frame_equal(got[cols], expected[cols], check_exact=True)
+    summary_cols = ["metric", "argmin_layer", "first", "min", "last", "drop", "rise", "u_shaped"]
+    got_summary = evolved[1][evolved[1]["epoch"] == epoch].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got_summary[summary_cols], pd.read_parquet(ref_summary)[summary_cols],
+                                  check_exact=True)
+
+
+def test_sha_mismatch_is_a_one_line_error_and_writes_nothing(work, tmp_path):
+    run_dir = tmp_path / "runs" / "softkd-s1"
+    shutil.copytree(work / "runs" / RUN_ID, run_dir)
+    doc = json.loads((run_dir / "checkpoints.json").read_text())
+    doc["run_id"] = "softkd-s1"
+    (run_dir / "checkpoints.json").write_text(json.dumps(doc))
+    tampered = run_dir / "checkpoints/epoch_0002.safetensors"
+    data = bytearray(tampered.read_bytes())
+    data[-1] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    proc, out, summary = evolution(tmp_path, run_dir, "softkd-s1")
+    assert_one_line_error(proc, "epoch_0002.safetensors", "SHA-256", "re-run the distill step for softkd-s1")
+    assert not out.exists() and not summary.exists()
+
+
+def test_missing_checkpoint_and_index_are_user_errors(work, tmp_path):
+    run_dir = tmp_path / "run-s0"
+    with pytest.raises(UserError, match="no checkpoints.json .* run the distill step"):
+        read_checkpoints(run_dir)
+    shutil.copytree(work / "runs" / RUN_ID, run_dir)
+    (run_dir / "checkpoints/epoch_0001.safetensors").unlink()
+    with pytest.raises(UserError, match=r"epoch_0001.safetensors \(epoch 1, .*\) is missing; restore it or re-run"):
+        read_checkpoints(run_dir)
+    run_id, checkpoints = read_checkpoints(run_dir, verify=False)
+    assert run_id == RUN_ID and [c["epoch"] for c in checkpoints] == list(EPOCHS)
