@@ -12,13 +12,15 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import EXIT_RETRY, Interrupted, UserError
 
 #: CLI name -> module (each module has ``add_arguments(parser)`` and ``main(args, params)``).
 STEPS = {
     "generate-data": "generate_data",
     "sample": "sample",
     "train-teacher": "train_teacher",
+    "teacher-cache": "teacher_cache",
+    "distill": "distill",
     "extract": "extract",
     "reduce": "reduce",
     "figures": "figures",
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return EXIT_RETRY
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -91,6 +92,89 @@ def _check_cross_field(params: dict) -> None:
     if ds.get("kind") == "imagefolder" and not ds.get("imagefolder", {}).get("root"):
         raise UserError("dataset.kind is 'imagefolder' but dataset.imagefolder.root is not set; "
                         "set it to your ImageNet-style directory")
+    if "distill" in params:
+        distill_runs(params)
+
+
+#: Methods with a feature term (they need ``layers``); kept here so validating the config does not import
+#: torch. ``tests/test_config.py`` checks it against ``losses.METHODS``.
+FEATURE_METHODS = ("spectralkd", "projectorkd", "projectorkd_released")
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    """One training run of the distillation grid: a configuration (``distill.runs`` entry) and a seed."""
+
+    run_id: str
+    name: str
+    label: str
+    method: str
+    layers: str | dict | None
+    alpha: float
+    tau: float
+    beta: float
+    seed: int
+
+    def loss_options(self) -> dict[str, float]:
+        """Options for ``losses.build_method`` (label smoothing comes from the recipe)."""
+        options = {"alpha": self.alpha, "tau": self.tau}
+        if self.method == "ce":
+            return {}
+        if self.method in FEATURE_METHODS:
+            options["beta"] = self.beta
+        if self.method.startswith("projectorkd"):
+            options["seed"] = self.seed
+        return options
+
+
+def _default_label(method: str, layers: str | dict | None) -> str:
+    names = {"ce": "CE", "softkd": "SoftKD", "spectralkd": "SpectralKD", "projectorkd": "ProjectorKD",
+             "projectorkd_released": "ProjectorKD (released)"}
+    if layers is None:
+        return names[method]
+    if isinstance(layers, str):
+        where = " ".join(layers.upper().replace(",", " ").split())
+    else:
+        where = f"S{list(layers['student'])} T{list(layers['teacher'])}"
+    return f"{names[method]} {where}"
+
+
+def distill_runs(params: Mapping) -> list[DistillRun]:
+    """The distillation grid: every ``distill.runs`` entry once per ``distill.seeds`` seed, in that order.
+
+    Raises:
+        UserError: Two entries share a name; a feature method has no ``layers`` or another method has some.
+    """
+    distill = params["distill"]
+    names = [r["name"] for r in distill["runs"]]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise UserError(f"distill.runs has duplicate name(s) {', '.join(duplicated)}; give every entry its own name")
+    runs = []
+    for entry in distill["runs"]:
+        method, layers = entry["method"], entry.get("layers")
+        if method in FEATURE_METHODS and layers is None:
+            raise UserError(f"distill.runs entry '{entry['name']}': method {method} needs layers, "
+                            'e.g. layers: "F1 L1"')
+        if method not in FEATURE_METHODS and layers is not None:
+            raise UserError(f"distill.runs entry '{entry['name']}': method {method} has no feature term; "
+                            "remove its layers")
+        beta = entry.get("beta")
+        for seed in distill["seeds"]:
+            runs.append(DistillRun(
+                run_id=f"{entry['name']}-s{seed}", name=entry["name"],
+                label=entry.get("label") or _default_label(method, layers), method=method, layers=layers,
+                alpha=float(distill["alpha"]), tau=float(distill["tau"]),
+                beta=float(distill["beta"] if beta is None else beta), seed=int(seed)))
+    return runs
+
+
+def distill_run(params: Mapping, run_id: str) -> DistillRun:
+    """The grid run called ``run_id`` (``<name>-s<seed>``), with a one-line error listing the valid ids."""
+    runs = {r.run_id: r for r in distill_runs(params)}
+    if run_id not in runs:
+        raise UserError(f"unknown distillation run '{run_id}'; the grid has: {', '.join(runs)}")
+    return runs[run_id]
 
 
 def deep_merge(base: dict, override: Mapping) -> dict:
@@ -148,6 +232,12 @@ RULE_PARAMS: dict[str, tuple[str, ...]] = {
     "fig_magnitude": ("figures.dpi", "figures.title"),
     "fig_spectra": ("figures.dpi", "figures.title", "figures.spectra_layers"),
     "fig_spectra_all": ("figures.dpi", "figures.title"),
+    "teacher_targets": ("dataset", "teacher.model", "student.model", "distill"),
+    "distill": ("dataset", "teacher.model", "student.model", "distill"),
+    "evolution": ("dataset", "student.model", "distill.train.epochs", "distill.train.checkpoint_every",
+                  "analysis"),
+    "fig_evolution": ("figures.dpi", "figures.title", "distill.runs", "distill.seeds"),
+    "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
 }
 
 

@@ -497,6 +497,10 @@ class SyntheticDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self._tensor(self.images[index]), self.labels[index]
 
+    def pil(self, index: int) -> Image.Image:
+        """The stored pixels as an RGB PIL image (input to training augmentation)."""
+        return Image.fromarray(np.ascontiguousarray(self.images[index]), mode="RGB")
+
     def content_hash(self, index: int) -> str:
         return sha256_bytes(np.ascontiguousarray(self.images[index]).tobytes())
 

@@ -1,7 +1,8 @@
 """Train the teacher from scratch (teacher.model.weights.source = train).
 
-Writes ``<out-dir>/model.safetensors`` (weights + the model spec as metadata) and
-``<out-dir>/log.txt`` (one JSON line per epoch, DeiT log format).
+Writes the run directory of :func:`pipeline_steps.train.train` into ``<out-dir>``: ``model.safetensors``
+(weights + the model spec as metadata), ``log.txt`` (one JSON line per epoch, DeiT log format), checkpoints
+and the resume state. Rerunning an interrupted run resumes it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from .config import SYNTHETIC_PATH
+from .config import SYNTHETIC_PATH, select
 from .errors import UserError
 
 
@@ -21,18 +22,16 @@ def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Pa
 
     Args:
         params: Validated config (sections ``dataset``, ``teacher``).
-        out_dir: Receives ``model.safetensors`` and ``log.txt``.
+        out_dir: The run directory (receives ``model.safetensors`` and ``log.txt``).
         synthetic_path: The generated dataset artifact (synthetic data only).
         progress: Show progress bars.
 
     Returns:
         The per-epoch log rows.
     """
-    import torch
-
     from .data import open_dataset
-    from .models import create_model, save_weights
-    from .train import Recipe, train_model
+    from .models import create_model
+    from .train import Recipe, run_fingerprint, train
 
     teacher = params["teacher"]
     spec = copy.deepcopy(teacher["model"])
@@ -49,17 +48,14 @@ def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Pa
     if num_classes is not None and num_classes != len(train_set.classes):
         raise UserError(f"teacher.model.kwargs.num_classes is {num_classes} but the dataset has "
                         f"{len(train_set.classes)} classes; make them equal")
-    torch.manual_seed(recipe.seed)
-    out_dir = Path(out_dir)
-    rows = train_model(model, train_set, test_set, recipe, out_dir / "log.txt", progress=progress)
-    save_weights(model.eval(), out_dir / "model.safetensors",
-                 {"arch": spec["arch"], "kwargs": spec["kwargs"], "epochs": recipe.epochs,
-                  "test_acc1": rows[-1]["test_acc1"]})
-    return rows
+    data_files = [synthetic_path] if params["dataset"]["kind"] == "synthetic" else []
+    fingerprint = run_fingerprint(select(params, ("dataset", "teacher.model", "teacher.train")), data_files)
+    return train(model, train_set, test_set, recipe, out_dir, fingerprint=fingerprint, progress=progress,
+                 metadata={"arch": spec["arch"], "kwargs": spec["kwargs"], "run_id": teacher["name"]})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out-dir", required=True, help="output directory (model.safetensors, log.txt)")
+    parser.add_argument("--out-dir", required=True, help="run directory (model.safetensors, log.txt, checkpoints)")
     parser.add_argument("--data", default=SYNTHETIC_PATH, help="generated dataset artifact (synthetic data)")
 
 

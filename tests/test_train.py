@@ -10,7 +10,7 @@ import timm
 import torch
 from torch.utils.data import TensorDataset
 
-from pipeline_steps.train import Recipe, build_optimizer, build_scheduler, train_model
+from pipeline_steps.train import Recipe, build_optimizer, build_scheduler, train
 
 from conftest import REPO
 
@@ -100,10 +100,7 @@ def _separable_data(n: int, seed: int) -> TensorDataset:
 def test_training_learns_and_logs_deit_format(tmp_path):
     recipe = Recipe(epochs=3, batch_size=32, lr=3e-3, min_lr=1e-5, warmup_epochs=0, warmup_lr=1e-6,
                     sched_on="step", weight_decay=0.05, label_smoothing=0.1, seed=0)
-    seen = []
-    rows = train_model(_tiny_vit(), _separable_data(256, 0), _separable_data(128, 1), recipe,
-                       tmp_path / "log.txt", on_epoch_end=lambda e, m: seen.append(e), progress=False)
-    assert seen == [0, 1, 2]
+    rows = train(_tiny_vit(), _separable_data(256, 0), _separable_data(128, 1), recipe, tmp_path, progress=False)
     logged = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
     assert logged == rows
     assert set(rows[0]) == {"train_lr", "train_loss", "test_loss", "test_acc1", "test_acc5", "epoch",
@@ -116,8 +113,6 @@ def test_training_learns_and_logs_deit_format(tmp_path):
 def test_training_is_deterministic(tmp_path):
     recipe = Recipe(epochs=1, batch_size=32, lr=1e-3, min_lr=1e-5, warmup_epochs=0, warmup_lr=1e-6,
                     sched_on="epoch", weight_decay=0.05, label_smoothing=0.1, seed=3)
-    a = train_model(_tiny_vit(), _separable_data(128, 0), _separable_data(64, 1), recipe, tmp_path / "a.txt",
-                    progress=False)
-    b = train_model(_tiny_vit(), _separable_data(128, 0), _separable_data(64, 1), recipe, tmp_path / "b.txt",
-                    progress=False)
+    a = train(_tiny_vit(), _separable_data(128, 0), _separable_data(64, 1), recipe, tmp_path / "a", progress=False)
+    b = train(_tiny_vit(), _separable_data(128, 0), _separable_data(64, 1), recipe, tmp_path / "b", progress=False)
     assert a == b

@@ -1,0 +1,167 @@
+"""Train one student of the distillation grid (``distill.runs`` x ``distill.seeds``) from the teacher.
+
+Usage::
+
+    python -m pipeline_steps distill --params params.yaml --run spectralkd_f1-s0 \\
+        [--teacher-weights results/teacher/model.safetensors] [--teacher-cache results/teacher/cache.safetensors] \\
+        [--data results/data/synthetic.npz] --out-dir results/runs/spectralkd_f1-s0
+
+    torchrun --nproc_per_node 4 -m pipeline_steps distill ...      (DDP; batch_size is the global batch)
+
+The run directory is :func:`pipeline_steps.train.train`'s (log.txt, model.safetensors, best.safetensors,
+checkpoints.json, checkpoints/, resume/). An interrupted run resumes when started again; SIGTERM saves and
+exits with status 75 so that the workflow retries it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import SYNTHETIC_PATH, DistillRun, distill_run, select
+from .errors import UserError
+
+
+def teacher_spec(params: dict, weights_path: str | os.PathLike | None) -> dict:
+    """The teacher's model spec; a pipeline-trained teacher needs ``weights_path``."""
+    spec = copy.deepcopy(params["teacher"]["model"])
+    if spec["weights"]["source"] == "train" and weights_path is None:
+        raise UserError("the teacher is trained by this pipeline (teacher.model.weights.source: train); pass "
+                        "--teacher-weights results/teacher/model.safetensors (run the train_teacher rule first)")
+    return spec
+
+
+def layer_pairs(params: dict, run: DistillRun, student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
+    """The run's ``(student_block, teacher_block)`` pairs, validated against the two models' depths."""
+    from .losses import parse_layer_pairs
+
+    if run.layers is None:
+        return []
+    try:
+        return parse_layer_pairs(run.layers, student_depth, teacher_depth)
+    except UserError as exc:
+        raise UserError(f"distill.runs entry '{run.name}': {exc}") from None
+
+
+def teacher_layers_of_grid(params: dict, student_depth: int, teacher_depth: int) -> list[int]:
+    """Every teacher block some run of the grid pairs with (what the teacher cache must hold)."""
+    from .config import distill_runs
+
+    return sorted({t for run in distill_runs(params) for _, t in layer_pairs(params, run, student_depth,
+                                                                              teacher_depth)})
+
+
+def build_student(params: dict, seed: int) -> Any:
+    """The student, randomly initialised with ``seed``."""
+    from .models import create_model
+
+    spec = copy.deepcopy(params["student"]["model"])
+    if spec.get("weights", {}).get("source", "random") != "random":
+        raise UserError("student.model.weights.source must be random (students are trained from scratch here)")
+    spec["weights"] = {"source": "random", "seed": seed, "tag": None, "path": None}
+    return create_model(spec)
+
+
+def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weights: str | os.PathLike | None = None,
+        teacher_cache: str | os.PathLike | None = None, synthetic_path: str | os.PathLike = SYNTHETIC_PATH,
+        progress: bool = True) -> list[dict[str, Any]]:
+    """Train grid run ``run_id`` and write its run directory.
+
+    Args:
+        params: Validated config (``dataset``, ``teacher.model``, ``student.model``, ``distill``).
+        run_id: ``<name>-s<seed>`` of a ``distill.runs`` entry and a ``distill.seeds`` seed.
+        out_dir: The run directory.
+        teacher_weights: The teacher's weight file (required for a pipeline-trained teacher).
+        teacher_cache: Teacher outputs from the teacher-cache step; used when ``distill.teacher_cache`` allows.
+        synthetic_path: The generated dataset (synthetic data).
+        progress: Progress bars.
+
+    Returns:
+        The per-epoch log rows (rank 0).
+    """
+    from .data import open_dataset
+    from .losses import build_method
+    from .models import create_model, num_blocks
+    from .train import Recipe, TeacherTargets, run_fingerprint, train
+
+    spec = distill_run(params, run_id)
+    recipe = Recipe.from_params(params["distill"]["train"], seed=spec.seed)
+    train_set = open_dataset(params, "train", synthetic_path=synthetic_path)
+    test_set = open_dataset(params, "test", synthetic_path=synthetic_path)
+    teacher = create_model(teacher_spec(params, teacher_weights), weights_path=teacher_weights)
+    student = build_student(params, spec.seed)
+    for who, model in (("student", student), ("teacher", teacher)):
+        classes = getattr(model, "num_classes", None)
+        if classes is not None and classes != len(train_set.classes):
+            raise UserError(f"{who}.model.kwargs.num_classes is {classes} but the dataset has "
+                            f"{len(train_set.classes)} classes; make them equal")
+    pairs = layer_pairs(params, spec, num_blocks(student), num_blocks(teacher))
+    objective = build_method(spec.method, pairs=pairs, student_channels=[student.embed_dim] * len(pairs),
+                             teacher_channels=[teacher.embed_dim] * len(pairs),
+                             label_smoothing=recipe.label_smoothing, **spec.loss_options())
+    teacher_layers = [t for _, t in pairs]
+
+    targets = None
+    if objective.needs_teacher_logits or objective.needs_teacher_features:
+        targets = _teacher_targets(params, recipe, teacher, teacher_layers, teacher_cache)
+
+    files = [p for p in (teacher_weights, synthetic_path if params["dataset"]["kind"] == "synthetic" else None)
+             if p is not None]
+    config = {**select(params, ("dataset", "teacher.model", "student.model", "distill.train")),
+              "run": spec.__dict__}
+    meta = {"arch": params["student"]["model"]["arch"], "kwargs": params["student"]["model"]["kwargs"],
+            "run_id": run_id, "method": spec.method, "layers": spec.layers, "seed": spec.seed}
+    return train(student, train_set, test_set, recipe, out_dir, objective=objective, teacher=targets,
+                 fingerprint=run_fingerprint(config, files), metadata=meta, progress=progress)
+
+
+def _teacher_targets(params: dict, recipe: Any, teacher: Any, layers: list[int],
+                     cache_path: str | os.PathLike | None) -> Any:
+    from .train import TeacherTargets
+
+    mode = params["distill"]["teacher_cache"]
+    if mode == "on" and recipe.augments:
+        raise UserError("distill.teacher_cache is on but the recipe augments (randaugment / reprob / mixup / "
+                        "cutmix), so cached teacher outputs would not match the student's images; set "
+                        "teacher_cache: off or auto")
+    if mode == "off" or recipe.augments:
+        return TeacherTargets(layers, model=teacher)
+    if cache_path is None:
+        raise UserError("distill.teacher_cache is on/auto and the recipe does not augment, but no --teacher-cache "
+                        "was given; run the teacher-cache step or set distill.teacher_cache: off")
+    return TeacherTargets(layers, cache=read_cache(cache_path, layers))
+
+
+def read_cache(path: str | os.PathLike, layers: list[int]) -> dict[str, Any]:
+    """The teacher outputs in ``path``; one-line error when they are missing or lack a layer."""
+    import safetensors.torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"teacher cache {path} not found; run the teacher-cache step")
+    try:
+        cache = safetensors.torch.load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - a corrupt file: one line, the fix
+        raise UserError(f"teacher cache {path} is unreadable ({type(exc).__name__}); delete it and rerun the "
+                        "teacher-cache step") from None
+    missing = [i for i in layers if f"features.{i}" not in cache] + ([] if "logits" in cache else ["logits"])
+    if missing:
+        raise UserError(f"teacher cache {path} lacks {missing}; rerun the teacher-cache step with this grid")
+    return cache
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="RUN_ID", help="grid run id, <name>-s<seed>")
+    parser.add_argument("--out-dir", required=True, help="run directory")
+    parser.add_argument("--teacher-weights", default=None, metavar="FILE", help="teacher weight file")
+    parser.add_argument("--teacher-cache", default=None, metavar="FILE",
+                        help="teacher outputs from the teacher-cache step (used when distill.teacher_cache allows)")
+    parser.add_argument("--data", default=SYNTHETIC_PATH, help="generated dataset artifact (synthetic data)")
+
+
+def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    run(params, args.run, args.out_dir, teacher_weights=args.teacher_weights, teacher_cache=args.teacher_cache,
+        synthetic_path=args.data)
