@@ -1,7 +1,8 @@
-"""Figures in one clean style: per-layer profiles (Fig. 1-2) and channel spectra (Fig. 3).
+"""Figures in one clean style: per-layer profiles (Fig. 1-2), channel spectra (Fig. 3), evolution (Fig. 4).
 
-All functions take the long-format reductions table (see :mod:`pipeline_steps.reduce`) and
-return a matplotlib ``Figure``; :func:`save_figure` writes it as PDF and PNG atomically.
+All functions take the long-format reductions table (see :mod:`pipeline_steps.reduce`; Fig. 4
+the evolution step's tables, the same columns plus ``run_id``) and return a matplotlib ``Figure``;
+:func:`save_figure` writes it as PDF and PNG atomically.
 Layers are 1-based, as in the paper.
 """
 
@@ -17,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 
 from .errors import UserError  # noqa: E402
 
@@ -203,4 +206,112 @@ def figure_spectra_grid(values: pd.DataFrame, title: str | None = None) -> plt.F
         if title:
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()
+    return fig
+
+
+def run_name(run_id: str) -> str:
+    """The configuration a run belongs to: its id without the ``-s<seed>`` suffix (``softkd-s0`` -> ``softkd``)."""
+    import re
+
+    return re.sub(r"-s\d+$", "", str(run_id))
+
+
+def _teacher_profile(teacher: pd.DataFrame) -> np.ndarray:
+    prof = profile(teacher, "entropy")
+    groups = prof.groupby(["model", "checkpoint"], sort=False)
+    if groups.ngroups != 1:
+        raise UserError(f"the teacher reductions table holds {groups.ngroups} entropy profiles; give the table of "
+                        "one model (results/reductions/teacher.parquet)")
+    return prof["value"].to_numpy()
+
+
+def figure_evolution(values: pd.DataFrame, teacher: pd.DataFrame | None = None,
+                     labels: dict[str, str] | None = None, title: str | None = None) -> plt.Figure:
+    """Fig. 4: the student's entropy profile at every saved checkpoint, one panel per configuration.
+
+    Curves are coloured by epoch (sequential colormap, one colorbar for all panels) and averaged over the
+    seeds of a configuration; with more than one seed a light band spans the seeds' minimum to maximum.
+    The teacher's profile is drawn dashed grey on the student's layer axis with its first and last layers
+    at the student's first and last (depth-aligned, the F/L pairing of the distillation); when the depths
+    differ the top axis of the first row gives the teacher's own layer numbers.
+
+    Args:
+        values: Evolution tables (the evolution step's ``--out``), concatenated: ``run_id``, ``epoch``,
+            ``layer``, ``metric``, ``value``.
+        teacher: The teacher's reductions table (reduce step), or ``None`` for no reference line.
+        labels: Configuration name (run id without ``-s<seed>``) -> panel title, in panel order. ``None``:
+            every configuration in ``values`` in order of appearance, titled by its name.
+        title: Figure title.
+
+    Returns:
+        The figure; its panels are the axes with a title (``(a) <label>``, ...).
+
+    Raises:
+        UserError: No entropy rows, or a labelled configuration without data.
+    """
+    entropy = values[values["metric"] == "entropy"] if "metric" in values else values.iloc[0:0]
+    if entropy.empty:
+        raise UserError("the evolution tables have no 'entropy' rows; re-run the evolution step")
+    entropy = entropy.assign(config=entropy["run_id"].map(run_name))
+    if labels is None:
+        labels = {name: name for name in entropy["config"].unique()}
+    missing = [name for name in labels if name not in set(entropy["config"])]
+    if missing:
+        have = ", ".join(sorted(entropy["config"].unique()))
+        raise UserError(f"no evolution table for configuration '{missing[0]}' (tables given: {have}); pass its "
+                        "results/evolution/<run_id>.parquet or drop it from the labels")
+    if not labels:
+        raise UserError("no configurations to plot; pass at least one evolution table")
+    entropy = entropy[entropy["config"].isin(list(labels))]
+    teacher_e = _teacher_profile(teacher) if teacher is not None else None
+
+    epochs = sorted(int(e) for e in entropy["epoch"].unique())
+    norm = Normalize(vmin=min(epochs), vmax=max(max(epochs), min(epochs) + 1))
+    cmap = matplotlib.colormaps["viridis"]
+    n = len(labels)
+    ncols = n if n <= 3 else (2 if n == 4 else 3)
+    nrows = int(np.ceil(n / ncols))
+    with style():
+        # Constrained layout: it makes room for the shared colorbar (tight_layout does not).
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 2.9 * nrows), sharex=True, sharey=True,
+                                 squeeze=False, layout="constrained")
+        for i, (ax, (name, label)) in enumerate(zip(axes.flat, labels.items())):
+            rows = entropy[entropy["config"] == name]
+            depth = int(rows["layer"].max())
+            # Per (epoch, layer): mean over the seeds (run ids) and their range.
+            stats = rows.groupby(["epoch", "layer"])["value"].agg(["mean", "min", "max"]).reset_index()
+            n_seeds = rows["run_id"].nunique()
+            for epoch, g in stats.groupby("epoch", sort=True):
+                color = cmap(norm(int(epoch)))
+                if n_seeds > 1:
+                    ax.fill_between(g["layer"], g["min"], g["max"], color=color, alpha=0.15, lw=0)
+                ax.plot(g["layer"], g["mean"], color=color, marker="o", ms=2.5, lw=1.3)
+            if teacher_e is not None:
+                t_depth = len(teacher_e)
+                x = 1 + np.arange(t_depth) * (depth - 1) / max(t_depth - 1, 1)
+                ax.plot(x, teacher_e, ls="--", color="0.45", lw=1.2, label=f"teacher ({t_depth} layers, depth-aligned)")
+                if t_depth != depth and i < ncols:
+                    scale = (t_depth - 1) / max(depth - 1, 1)
+                    top = ax.secondary_xaxis("top", functions=(lambda s, k=scale: 1 + (s - 1) * k,
+                                                               lambda t, k=scale: 1 + (t - 1) / k))
+                    top.set_xticks(np.unique(np.linspace(1, t_depth, 5).round().astype(int)))
+                    top.set_xlabel("Teacher layer", fontsize=8)
+                    top.tick_params(labelsize=7)
+            seeds = f", {n_seeds} seeds" if n_seeds > 1 else ""
+            ax.set_title(f"({chr(97 + i)}) {label}{seeds}")
+            _integer_layer_axis(ax, depth)
+            ax.set_xlabel("Student layer" if i + ncols >= n else "")  # the lowest panel of each column
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_ylabel(METRIC_LABELS["entropy"])
+        if teacher_e is not None:
+            axes.flat[0].legend(loc="best", fontsize=8)
+        mappable = ScalarMappable(norm=norm, cmap=cmap)
+        bar = fig.colorbar(mappable, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02, aspect=30)
+        bar.set_label("Epoch (checkpoint)")
+        if len(epochs) <= 6:  # else matplotlib's own ticks: every epoch would crowd a one-row figure
+            bar.set_ticks(epochs)
+        if title:
+            fig.suptitle(title)
     return fig

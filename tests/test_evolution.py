@@ -139,3 +139,61 @@ def test_missing_checkpoint_and_index_are_user_errors(work, tmp_path):
         read_checkpoints(run_dir)
     run_id, checkpoints = read_checkpoints(run_dir, verify=False)
     assert run_id == RUN_ID and [c["epoch"] for c in checkpoints] == list(EPOCHS)
+
+
+def _seeded_copy(values: pd.DataFrame, run_id: str, shift: float) -> pd.DataFrame:
+    return values.assign(run_id=run_id, model=run_id, value=values["value"] + shift)
+
+
+def test_fig4_panels_per_configuration_in_label_order(evolved, work, tmp_path):
+    """Through the CLI: two configurations (one with two seeds), the teacher line, PDF + PNG."""
+    from pipeline_steps import plots
+
+    values, _ = evolved
+    tables = []
+    for run_id, shift in [(RUN_ID, 0.0), ("softkd-s0", 0.1), ("softkd-s1", 0.3)]:
+        path = tmp_path / f"{run_id}.parquet"
+        _seeded_copy(values, run_id, shift).to_parquet(path)
+        tables.append(str(path))
+    teacher = tmp_path / "teacher.parquet"
+    t_depth = 6  # deeper than the student, as in the paper (24 vs 12)
+    pd.DataFrame({"model": "teacher", "arch": "vit", "checkpoint": "final", "layer": range(1, t_depth + 1),
+                  "metric": "entropy", "value": np.linspace(3.0, 4.0, t_depth)}).to_parquet(teacher)
+    labels = {"softkd": "SoftKD", "spectralkd_f1": "SpectralKD F1"}
+    out = tmp_path / "fig4_evolution.pdf"
+    proc = run_step("figures", "--config-json", json.dumps({"figures": {"dpi": 50}}), "--figure", "evolution",
+                    "--evolution", *tables, "--reductions", str(teacher), "--labels-json", json.dumps(labels),
+                    "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes().startswith(b"%PDF")
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+    both = pd.concat([pd.read_parquet(p) for p in tables])
+    fig = plots.figure_evolution(both, pd.read_parquet(teacher), labels)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["(a) SoftKD, 2 seeds", "(b) SpectralKD F1"]
+    lines = panels[0].get_lines()
+    teacher_line = [ln for ln in lines if ln.get_linestyle() == "--"]
+    assert len(teacher_line) == 1
+    x, y = teacher_line[0].get_data()
+    assert x[0] == 1 and x[-1] == KWARGS["depth"] and len(x) == t_depth  # depth-aligned on the student's axis
+    curves = [ln for ln in lines if ln.get_linestyle() != "--"]
+    assert len(curves) == len(EPOCHS)  # one curve per checkpoint epoch
+    # The SoftKD curve of epoch 0 is the mean of its two seeds (shifted by 0.1 and 0.3).
+    e0 = values[(values["metric"] == "entropy") & (values["epoch"] == 0)].sort_values("layer")["value"]
+    np.testing.assert_allclose(curves[0].get_ydata(), e0.to_numpy() + 0.2, rtol=0, atol=1e-12)
+    assert len(panels[0].collections) == len(EPOCHS) and not panels[1].collections  # seed bands: >1 seed only
+    plots.plt.close(fig)
+
+
+def test_fig4_bad_input_is_a_one_line_error(evolved, tmp_path):
+    table = tmp_path / f"{RUN_ID}.parquet"
+    evolved[0].to_parquet(table)
+    base = ["figures", "--figure", "evolution", "--out", str(tmp_path / "fig4.pdf"), "--evolution", str(table)]
+    assert_one_line_error(run_step(*base, "--labels-json", '{"softkd": "SoftKD"}'),
+                          "no evolution table for configuration 'softkd'")
+    assert_one_line_error(run_step(*base, "--labels-json", "{softkd"), "--labels-json is not valid JSON")
+    assert_one_line_error(run_step(*base[:-2], "--evolution", str(tmp_path / "none.parquet")),
+                          "evolution table not found", "run the evolution step")
+    assert not (tmp_path / "fig4.pdf").exists()
