@@ -24,6 +24,7 @@ STEPS = {
     "extract": "extract",
     "reduce": "reduce",
     "figures": "figures",
+    "table1": "tables",
     "evolution": "evolution",
 }
 

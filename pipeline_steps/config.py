@@ -114,6 +114,7 @@ class DistillRun:
     tau: float
     beta: float
     seed: int
+    epochs: int
 
     def loss_options(self) -> dict[str, float]:
         """Options for ``losses.build_method`` (label smoothing comes from the recipe)."""
@@ -127,16 +128,22 @@ class DistillRun:
         return options
 
 
-def _default_label(method: str, layers: str | dict | None) -> str:
-    names = {"ce": "CE", "softkd": "SoftKD", "spectralkd": "SpectralKD", "projectorkd": "ProjectorKD",
-             "projectorkd_released": "ProjectorKD (released)"}
+#: Registry method name -> the name tables and figures show.
+METHOD_NAMES = {"ce": "CE", "softkd": "SoftKD", "spectralkd": "SpectralKD", "projectorkd": "ProjectorKD",
+                "projectorkd_released": "ProjectorKD (released)"}
+
+
+def layers_text(layers: str | Mapping | None) -> str:
+    """A layer spec as tables show it: ``"F1 L1"``, ``"S[0, 1] T[0, 2]"``, ``"-"`` for none."""
     if layers is None:
-        return names[method]
+        return "-"
     if isinstance(layers, str):
-        where = " ".join(layers.upper().replace(",", " ").split())
-    else:
-        where = f"S{list(layers['student'])} T{list(layers['teacher'])}"
-    return f"{names[method]} {where}"
+        return " ".join(layers.upper().replace(",", " ").split())
+    return f"S{list(layers['student'])} T{list(layers['teacher'])}"
+
+
+def _default_label(method: str, layers: str | dict | None) -> str:
+    return METHOD_NAMES[method] if layers is None else f"{METHOD_NAMES[method]} {layers_text(layers)}"
 
 
 def distill_runs(params: Mapping) -> list[DistillRun]:
@@ -165,7 +172,8 @@ def distill_runs(params: Mapping) -> list[DistillRun]:
                 run_id=f"{entry['name']}-s{seed}", name=entry["name"],
                 label=entry.get("label") or _default_label(method, layers), method=method, layers=layers,
                 alpha=float(distill["alpha"]), tau=float(distill["tau"]),
-                beta=float(distill["beta"] if beta is None else beta), seed=int(seed)))
+                beta=float(distill["beta"] if beta is None else beta), seed=int(seed),
+                epochs=int(entry.get("epochs") or distill["train"]["epochs"])))
     return runs
 
 
@@ -232,10 +240,9 @@ RULE_PARAMS: dict[str, tuple[str, ...]] = {
     "fig_magnitude": ("figures.dpi", "figures.title"),
     "fig_spectra": ("figures.dpi", "figures.title", "figures.spectra_layers"),
     "fig_spectra_all": ("figures.dpi", "figures.title"),
-    "teacher_targets": ("dataset", "teacher.model", "student.model", "distill"),
+    "teacher_cache": ("dataset", "teacher.model", "student.model", "distill.runs", "distill.train.device"),
     "distill": ("dataset", "teacher.model", "student.model", "distill"),
-    "evolution": ("dataset", "student.model", "distill.train.epochs", "distill.train.checkpoint_every",
-                  "analysis"),
+    "evolution": ("dataset", "analysis"),
     "fig_evolution": ("figures.dpi", "figures.title", "distill.runs", "distill.seeds"),
     "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
 }

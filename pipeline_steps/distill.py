@@ -88,7 +88,7 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
     from .train import Recipe, TeacherTargets, run_fingerprint, train
 
     spec = distill_run(params, run_id)
-    recipe = Recipe.from_params(params["distill"]["train"], seed=spec.seed)
+    recipe = Recipe.from_params(params["distill"]["train"], seed=spec.seed, epochs=spec.epochs)
     train_set = open_dataset(params, "train", synthetic_path=synthetic_path)
     test_set = open_dataset(params, "test", synthetic_path=synthetic_path)
     teacher = create_model(teacher_spec(params, teacher_weights), weights_path=teacher_weights)

@@ -521,3 +521,46 @@ def read_table1(path: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; it is not a Table 1 CSV")
     return df
 
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def grid_runs(params: dict, runs_dir: str | os.PathLike) -> list[RunSpec]:
+    """RunSpecs for the config's distillation grid, reading ``<runs_dir>/<run id>/log.txt``."""
+    from .config import FEATURE_METHODS, METHOD_NAMES, distill_runs, layers_text
+
+    return [RunSpec(method=METHOD_NAMES[run.method], layers=layers_text(run.layers),
+                    beta=run.beta if run.method in FEATURE_METHODS else None, epochs=run.epochs, seed=run.seed,
+                    log_path=Path(runs_dir) / run.run_id / "log.txt", label=run.label)
+            for run in distill_runs(params)]
+
+
+def table1_metrics(df: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Table 1 as a ``dvc metrics`` JSON: row label -> its numbers (NaN left out)."""
+    keys = ("best_top1", "best_top1_std", "final_top1", "gap_best_final", "delta_vs_softkd", "n_seeds")
+    out = {}
+    for _, row in df.iterrows():
+        name = f"{row['label']} ({row['epochs']} ep)" if df["epochs"].nunique() > 1 else str(row["label"])
+        out[name] = {k: float(row[k]) for k in keys if not pd.isna(row[k])}
+    return out
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--runs-dir", default="results/runs", help="directory of the grid's run directories")
+    parser.add_argument("--published-logs", default=None, metavar="DIR",
+                        help="also tabulate the authors' published logs found in DIR (shared/reference/logs)")
+    parser.add_argument("--out", required=True, metavar="STEM",
+                        help="output stem: writes STEM.csv, STEM.md, STEM.tex and STEM.json (dvc metrics)")
+
+
+def main(args, params: dict) -> None:
+    from ._io import write_json
+
+    runs = grid_runs(params, args.runs_dir) if "distill" in params else []
+    if args.published_logs:
+        runs += published_table1_runs(args.published_logs)
+    if not runs:
+        raise UserError("no runs to tabulate; give a config with a distill grid or --published-logs DIR")
+    df = table1(runs)
+    write_table1(df, args.out)
+    write_json(f"{os.fspath(args.out)}.json", table1_metrics(df))

@@ -1,9 +1,10 @@
+import re
 import json
 import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline_steps.config import RULE_PARAMS, SYNTHETIC_PATH, select, validate_params
+from pipeline_steps.config import RULE_PARAMS, SYNTHETIC_PATH, distill_runs, select, validate_params
 from pipeline_steps.errors import UserError
 
 try:
@@ -42,3 +43,43 @@ def synthetic_data(wildcards=None):
 
 def trained_teacher_weights(wildcards=None):
     return [TEACHER_WEIGHTS] if TEACHER["model"]["weights"]["source"] == "train" else []
+
+
+# Distillation grid (see params.yaml `distill`): run id -> DistillRun.
+RUNS = {run.run_id: run for run in distill_runs(config)}
+RUN_DIR = "results/runs/{run}"
+TEACHER_CACHE = "results/teacher/cache.safetensors"
+EVOLUTION = "results/evolution/{run}.parquet"
+EVOLUTION_SUMMARY = "results/evolution/{run}_summary.parquet"
+FIG4 = "results/figures/fig4_evolution"
+TABLE1 = "results/tables/table1"
+DISTILL_OUTPUTS = [f"{FIG4}.{ext}" for ext in ("pdf", "png")] + [f"{TABLE1}.{ext}" for ext in ("csv", "md", "tex", "json")]
+
+
+def run_config(wildcards):
+    """The distill rule's config for one run: its own grid entry and seed only, so that adding, removing or
+    changing another run of the grid leaves this job's params (and so its result) alone."""
+    run = RUNS[wildcards.run]
+    cfg = select(config, RULE_PARAMS["distill"])
+    cfg["distill"]["runs"] = [e for e in config["distill"]["runs"] if e["name"] == run.name]
+    cfg["distill"]["seeds"] = [run.seed]
+    return json.dumps(cfg, sort_keys=True)
+
+
+def uses_teacher_cache():
+    """Whether distill jobs read the teacher cache (distill.teacher_cache, and no augmentation)."""
+    train = config["distill"]["train"]
+    augments = bool(train["randaugment"] or train["reprob"] > 0 or train["mixup"] > 0 or train["cutmix"] > 0)
+    wanted = {"on": True, "off": False, "auto": not augments}[config["distill"]["teacher_cache"]]
+    return wanted and any(r.method != "ce" for r in RUNS.values())
+
+
+def teacher_cache_input(wildcards=None):
+    return [TEACHER_CACHE] if uses_teacher_cache() else []
+
+
+def training_command(resources):
+    """The step launcher of a training job: torchrun (DDP, one process per GPU) when it asks for > 1 GPU."""
+    if resources["gpus"] > 1:
+        return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {resources['gpus']} -m pipeline_steps"
+    return STEP

@@ -9,10 +9,15 @@ rule train_teacher:
         log=TEACHER_LOG,
     params:
         cfg=rule_config("train_teacher"),
+        launch=training_command(TEACHER["resources"]),
         data=lambda w, input: f"--data {input[0]}" if input else "",
     log:
         "results/logs/train_teacher.log",
     threads: workflow.cores
+    resources:
+        mem_mb=TEACHER["resources"]["mem_mb"],
+        runtime=TEACHER["resources"]["runtime"],
+        gpus=TEACHER["resources"]["gpus"],
     shell:
-        "{STEP} train-teacher --config-json {params.cfg:q} {params.data} "
+        "{params.launch} train-teacher --config-json {params.cfg:q} {params.data} "
         "--out-dir results/teacher 2> {log:q}"

@@ -1,0 +1,82 @@
+DISTILL_RESOURCES = config["distill"]["resources"]
+
+
+rule teacher_cache:
+    message:
+        "Caching the teacher's logits and paired features over the training set"
+    input:
+        data=synthetic_data,
+        weights=trained_teacher_weights,
+    output:
+        TEACHER_CACHE,
+    params:
+        cfg=rule_config("teacher_cache"),
+        data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
+        weights=lambda w, input: f"--teacher-weights {input.weights[0]}" if input.weights else "",
+    log:
+        "results/logs/teacher_cache.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=DISTILL_RESOURCES["mem_mb"],
+        runtime=DISTILL_RESOURCES["runtime"],
+        gpus=min(DISTILL_RESOURCES["gpus"], 1),
+    shell:
+        "{STEP} teacher-cache --config-json {params.cfg:q} {params.data} {params.weights} "
+        "--out {output:q} 2> {log:q}"
+
+
+# One job per grid run. Its checkpoints and resume state live in the run directory but are not declared
+# outputs, so a retried, requeued or restarted job finds them and resumes (Snakemake deletes declared outputs
+# of a failed job; these are written last).
+rule distill:
+    message:
+        "Distilling {wildcards.run} ({config[distill][train][epochs]} epochs)"
+    input:
+        data=synthetic_data,
+        weights=trained_teacher_weights,
+        cache=teacher_cache_input,
+    output:
+        weights=f"{RUN_DIR}/model.safetensors",
+        log=f"{RUN_DIR}/log.txt",
+        checkpoints=f"{RUN_DIR}/checkpoints.json",
+    params:
+        cfg=run_config,
+        launch=training_command(DISTILL_RESOURCES),
+        data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
+        weights=lambda w, input: f"--teacher-weights {input.weights[0]}" if input.weights else "",
+        cache=lambda w, input: f"--teacher-cache {input.cache[0]}" if input.cache else "",
+        out_dir=RUN_DIR,
+    log:
+        "results/logs/distill/{run}.log",
+    wildcard_constraints:
+        run="|".join(map(re.escape, RUNS)),
+    threads: DISTILL_RESOURCES["cpus"]
+    resources:
+        mem_mb=DISTILL_RESOURCES["mem_mb"],
+        runtime=DISTILL_RESOURCES["runtime"],
+        gpus=DISTILL_RESOURCES["gpus"],
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launch} distill --config-json {params.cfg:q} --run {wildcards.run} "
+        "{params.data} {params.weights} {params.cache} --out-dir {params.out_dir:q} 2> {log:q}"
+
+
+rule table1:
+    message:
+        "Table 1 over {n} runs".format(n=len(RUNS))
+    input:
+        expand(f"{RUN_DIR}/log.txt", run=RUNS),
+    output:
+        multiext(TABLE1, ".csv", ".md", ".tex", ".json"),
+    params:
+        cfg=rule_config("table1"),
+        stem=TABLE1,
+    log:
+        "results/logs/table1.log",
+    shell:
+        "{STEP} table1 --config-json {params.cfg:q} --runs-dir results/runs --out {params.stem:q} 2> {log:q}"
+
+
+# Targets for the whole grid (the DVC stages run these).
+rule distill_grid:
+    input:
+        expand(f"{RUN_DIR}/model.safetensors", run=RUNS),

@@ -1,0 +1,45 @@
+rule evolution:
+    message:
+        "Analysing every checkpoint of {wildcards.run}"
+    input:
+        checkpoints=f"{RUN_DIR}/checkpoints.json",
+        manifest=MANIFEST,
+        data=synthetic_data,
+    output:
+        values=EVOLUTION,
+        summary=EVOLUTION_SUMMARY,
+    params:
+        cfg=rule_config("evolution"),
+        data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
+        run_dir=RUN_DIR,
+    log:
+        "results/logs/evolution/{run}.log",
+    wildcard_constraints:
+        run="|".join(map(re.escape, RUNS)),
+    shell:
+        "{STEP} evolution --config-json {params.cfg:q} --run-dir {params.run_dir:q} --manifest {input.manifest:q} "
+        "{params.data} --out {output.values:q} --summary {output.summary:q} 2> {log:q}"
+
+
+rule fig_evolution:
+    message:
+        "Drawing {FIG4} (Fig. 4)"
+    input:
+        evolution=expand(EVOLUTION, run=RUNS),
+        teacher=REDUCTIONS,
+    output:
+        pdf=f"{FIG4}.pdf",
+        png=f"{FIG4}.png",
+    params:
+        cfg=rule_config("fig_evolution"),
+        labels=json.dumps({r.name: r.label for r in RUNS.values()}),
+    log:
+        "results/logs/fig_evolution.log",
+    shell:
+        "{STEP} figures --config-json {params.cfg:q} --figure evolution --evolution {input.evolution:q} "
+        "--reductions {input.teacher:q} --labels-json {params.labels:q} --out {output.pdf:q} > {log:q} 2>&1"
+
+
+rule evolution_grid:
+    input:
+        expand(EVOLUTION, run=RUNS),
