@@ -4,7 +4,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline_steps.config import RULE_PARAMS, SYNTHETIC_PATH, distill_runs, select, validate_params
+from pipeline_steps.config import FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, select, validate_params
 from pipeline_steps.errors import UserError
 
 try:
@@ -61,7 +61,11 @@ def run_config(wildcards):
     changing another run of the grid leaves this job's params (and so its result) alone."""
     run = RUNS[wildcards.run]
     cfg = select(config, RULE_PARAMS["distill"])
-    cfg["distill"]["runs"] = [e for e in config["distill"]["runs"] if e["name"] == run.name]
+    entry = next(dict(e) for e in config["distill"]["runs"] if e["name"] == run.name)
+    beta = cfg["distill"].pop("beta")  # resolved into the entry: SoftKD runs do not depend on it
+    if entry["method"] in FEATURE_METHODS and entry.get("beta") is None:
+        entry["beta"] = beta
+    cfg["distill"]["runs"] = [entry]
     cfg["distill"]["seeds"] = [run.seed]
     return json.dumps(cfg, sort_keys=True)
 
