@@ -56,7 +56,7 @@ rule distill:
         runtime=DISTILL_RESOURCES["runtime"],
         gpus=DISTILL_RESOURCES["gpus"],
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} distill --config-json {params.cfg:q} --run {wildcards.run} "
+        "OMP_NUM_THREADS={threads} {params.launch} distill --config-json {params.cfg:q} --run-id {wildcards.run} "
         "{params.data} {params.weights} {params.cache} --out-dir {params.out_dir:q} 2> {log:q}"
 
 
