@@ -546,7 +546,8 @@ def table1_metrics(df: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--runs-dir", default="results/runs", help="directory of the grid's run directories")
+    parser.add_argument("--runs-dir", default=None, metavar="DIR",
+                        help="tabulate the config's distill grid from DIR/<run id>/log.txt (results/runs)")
     parser.add_argument("--published-logs", default=None, metavar="DIR",
                         help="also tabulate the authors' published logs found in DIR (shared/reference/logs)")
     parser.add_argument("--out", required=True, metavar="STEM",
@@ -556,11 +557,12 @@ def add_arguments(parser) -> None:
 def main(args, params: dict) -> None:
     from ._io import write_json
 
-    runs = grid_runs(params, args.runs_dir) if "distill" in params else []
+    runs = grid_runs(params, args.runs_dir) if args.runs_dir else []
     if args.published_logs:
         runs += published_table1_runs(args.published_logs)
     if not runs:
-        raise UserError("no runs to tabulate; give a config with a distill grid or --published-logs DIR")
+        raise UserError("no runs to tabulate; pass --runs-dir results/runs (the config's grid) and/or "
+                        "--published-logs DIR")
     df = table1(runs)
     write_table1(df, args.out)
     write_json(f"{os.fspath(args.out)}.json", table1_metrics(df))

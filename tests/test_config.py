@@ -94,3 +94,45 @@ def test_presets_spell_out_every_tracked_param(path):
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{path.name} lacks '{key}'"
                 node = node[part]
+
+
+def test_feature_methods_match_the_registry():
+    from pipeline_steps.config import FEATURE_METHODS
+    from pipeline_steps.losses import METHODS
+
+    assert set(FEATURE_METHODS) == {name for name, cls in METHODS.items() if cls.uses_features}
+
+
+def test_distill_grid_expands_runs_times_seeds():
+    from pipeline_steps.config import distill_runs
+
+    params = validate_params({"distill": {"seeds": [0, 3], "beta": 0.2, "train": {"epochs": 7}, "runs": [
+        {"name": "softkd", "method": "softkd"},
+        {"name": "sp_l1", "method": "spectralkd", "layers": "l1", "beta": 0.1, "epochs": 9},
+    ]}})
+    runs = distill_runs(params)
+    assert [r.run_id for r in runs] == ["softkd-s0", "softkd-s3", "sp_l1-s0", "sp_l1-s3"]
+    assert [r.label for r in runs] == ["SoftKD", "SoftKD", "SpectralKD L1", "SpectralKD L1"]
+    assert [r.epochs for r in runs] == [7, 7, 9, 9]
+    assert runs[2].loss_options() == {"alpha": 0.9, "tau": 1.0, "beta": 0.1}
+    assert runs[0].loss_options() == {"alpha": 0.9, "tau": 1.0}
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([{"name": "a", "method": "softkd"}, {"name": "a", "method": "ce"}], "duplicate name(s) a"),
+    ([{"name": "a", "method": "spectralkd"}], 'needs layers, e.g. layers: "F1 L1"'),
+    ([{"name": "a", "method": "softkd", "layers": "F1"}], "has no feature term; remove its layers"),
+])
+def test_distill_grid_errors(runs, message):
+    with pytest.raises(UserError) as err:
+        validate_params({"distill": {"runs": runs}})
+    assert message in str(err.value)
+
+
+def test_paper_preset_has_table1_grid():
+    from pipeline_steps.config import distill_runs
+
+    runs = distill_runs(load_params([REPO / "configs" / "paper.yaml"]))
+    assert len(runs) == 13
+    assert {r.label for r in runs if r.epochs == 500} == {"SoftKD (500 ep)", "SpectralKD L1 (500 ep)"}
+    assert [r.beta for r in runs if r.name == "spectralkd_l1_beta0.1"] == [0.1]

@@ -341,3 +341,41 @@ def test_table1_bad_runs(tmp_path):
         spec = dict(method="SoftKD", layers="-", beta=None, epochs=3, seed=0, log_path=FIXTURES / "softkd_seed0.txt")
         with pytest.raises(UserError, match=re.escape(message)):
             tables.table1([RunSpec(**{**spec, **bad})])
+
+
+@needs_published
+def test_table1_step_on_published_logs(tmp_path):
+    """The table1 step tabulates the authors' logs given by path: CSV / Markdown / LaTeX + dvc metrics JSON."""
+    from conftest import run_step
+
+    proc = run_step("table1", "--published-logs", str(PUBLISHED), "--out", str(tmp_path / "t1"))
+    assert proc.returncode == 0, proc.stderr
+    df = tables.read_table1(tmp_path / "t1.csv")
+    assert len(df) == len(PAPER_TABLE1)
+    metrics = json.loads((tmp_path / "t1.json").read_text())
+    assert metrics["SoftKD (300 ep)"]["best_top1"] == pytest.approx(76.988, abs=5e-4)
+    assert (tmp_path / "t1.md").read_text().startswith("| method")
+
+
+def test_table1_step_on_a_grid(tmp_path):
+    """Grid runs (ours) are found as <runs-dir>/<run id>/log.txt and grouped over seeds."""
+    from conftest import run_step
+
+    rows = lambda acc: "".join(json.dumps({"train_lr": 1e-3, "train_loss": 1.0, "test_loss": 1.0, "test_acc1": a,
+                                           "test_acc5": 99.0, "epoch": e, "n_parameters": 1}) + "\n"
+                               for e, a in enumerate(acc))
+    logs = {"softkd-s0": [50, 60], "softkd-s1": [52, 58], "sp-s0": [55, 61], "sp-s1": [54, 63]}
+    for run, acc in logs.items():
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "log.txt").write_text(rows(acc))
+    grid = {"distill": {"seeds": [0, 1], "train": {"epochs": 2}, "runs": [
+        {"name": "softkd", "method": "softkd"}, {"name": "sp", "method": "spectralkd", "layers": "F1 L1"}]}}
+    proc = run_step("table1", "--config-json", json.dumps(grid), "--runs-dir", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "t1"))
+    assert proc.returncode == 0, proc.stderr
+    df = tables.read_table1(tmp_path / "t1.csv")
+    assert list(df["label"]) == ["SoftKD", "SpectralKD F1 L1"]
+    assert list(df["best_top1"]) == [59.0, 62.0]
+    assert list(df["final_top1"]) == [59.0, 62.0]
+    assert df.loc[1, "delta_vs_softkd"] == 3.0
+    assert df.loc[1, "best_top1_std"] == pytest.approx(math.sqrt(2.0))
