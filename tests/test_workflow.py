@@ -139,6 +139,16 @@ def test_changing_one_grid_entry_retrains_only_that_run(snakemake_run):
     assert distill_jobs == ["spectralkd_f1l1-s0"], plan[-3000:]
 
 
+def test_snakemake_report_has_every_figure_with_its_caption(snakemake_run):
+    sh(["snakemake", "--report", "results/report.html"], snakemake_run)
+    html = (snakemake_run / "results/report.html").read_text()
+    for name in ("fig1_entropy.png", "fig2_magnitude.png", "fig3_spectra.png", "fig4_evolution.png", "table1.csv"):
+        assert name in html, name
+    for caption in ("Fig. 1 - layer-wise Shannon entropy", "entropy evolution of the distilled students",
+                    "Table 1 - test top-1"):
+        assert caption in html, caption
+
+
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     work = scratch_copy(tmp_path_factory.mktemp("dvc"))

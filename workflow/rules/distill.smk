@@ -66,7 +66,10 @@ rule table1:
     input:
         expand(f"{RUN_DIR}/log.txt", run=RUNS),
     output:
-        multiext(TABLE1, ".csv", ".md", ".tex", ".json"),
+        report(f"{TABLE1}.csv", caption="../report/table1.rst", category="Distillation"),
+        f"{TABLE1}.md",
+        f"{TABLE1}.tex",
+        f"{TABLE1}.json",
     params:
         cfg=rule_config("table1"),
         stem=TABLE1,

@@ -29,7 +29,7 @@ rule fig_evolution:
         teacher=REDUCTIONS,
     output:
         pdf=f"{FIG4}.pdf",
-        png=f"{FIG4}.png",
+        png=report(f"{FIG4}.png", caption="../report/fig_evolution.rst", category="Distillation"),
     params:
         cfg=rule_config("fig_evolution"),
         labels=json.dumps({r.name: r.label for r in RUNS.values()}),

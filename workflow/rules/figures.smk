@@ -10,7 +10,7 @@ for _figure, _stem in FIGURES.items():
             REDUCTIONS,
         output:
             pdf=f"{_stem}.pdf",
-            png=f"{_stem}.png",
+            png=report(f"{_stem}.png", caption=f"../report/fig_{_figure}.rst", category="Teacher analysis"),
         params:
             cfg=rule_config(f"fig_{_figure}"),
             figure=_figure,
