@@ -2,11 +2,12 @@
 
 Usage::
 
-    python -m pipeline_steps distill --params params.yaml --run spectralkd_f1-s0 \\
+    python -m pipeline_steps distill --params params.yaml --run-id spectralkd_f1-s0 \\
         [--teacher-weights results/teacher/model.safetensors] [--teacher-cache results/teacher/cache.safetensors] \\
         [--data results/data/synthetic.npz] --out-dir results/runs/spectralkd_f1-s0
 
-    torchrun --nproc_per_node 4 -m pipeline_steps distill ...      (DDP; batch_size is the global batch)
+    torchrun --nproc_per_node 4 -m pipeline_steps distill --run-id ...   (DDP; batch_size is the global batch;
+                                                                      torchrun rejects the --run spelling)
 
 The run directory is :func:`pipeline_steps.train.train`'s (log.txt, model.safetensors, best.safetensors,
 checkpoints.json, checkpoints/, resume/). An interrupted run resumes when started again; SIGTERM saves and
@@ -154,7 +155,11 @@ def read_cache(path: str | os.PathLike, layers: list[int]) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="RUN_ID", help="grid run id, <name>-s<seed>")
+    # --run-id, not only --run: torchrun's own argument parser reads every option on its command line and
+    # rejects --run as an ambiguous abbreviation of its --run-path (so `torchrun -m pipeline_steps distill
+    # --run X` fails before starting anything).
+    parser.add_argument("--run-id", "--run", dest="run", required=True, metavar="RUN_ID",
+                        help="grid run id, <name>-s<seed> (use --run-id under torchrun)")
     parser.add_argument("--out-dir", required=True, help="run directory")
     parser.add_argument("--teacher-weights", default=None, metavar="FILE", help="teacher weight file")
     parser.add_argument("--teacher-cache", default=None, metavar="FILE",

@@ -222,6 +222,7 @@ def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
             int(p["crop"]), is_training=True, color_jitter=0.3, auto_augment=recipe.randaugment,
             interpolation="bicubic", re_prob=recipe.reprob, re_mode="pixel", re_count=1,
             mean=tuple(p["mean"]), std=tuple(p["std"]))
+        _posterize_zero_bits(train_view.__dict__["transform"])
         return train_view
     if not isinstance(dataset, SyntheticDataset):
         raise UserError(f"augmentation is not supported for {type(dataset).__name__}; set randaugment: null "
@@ -234,7 +235,27 @@ def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
               transforms.Normalize(dataset.mean.flatten().tolist(), dataset.std.flatten().tolist())]
     if recipe.reprob > 0:
         steps.append(RandomErasing(recipe.reprob, mode="pixel", max_count=1, device="cpu"))
-    return Mixed(dataset, transforms.Compose(steps))
+    return Mixed(dataset, _posterize_zero_bits(transforms.Compose(steps)))
+
+
+def _posterize_zero_bits(transform: Any) -> Any:
+    """Let RandAugment's posterize keep 0 bits again (a black image), as Pillow did before it raised.
+
+    DeiT's ``rand-m9-mstd0.5-inc1`` maps a sampled magnitude of 10 to "keep 0 bits"; recent Pillow (13 here)
+    raises ValueError for that in ``ImageOps.posterize``, which stopped training within the first epoch
+    (roughly one image in a thousand draws it). Older Pillow's lookup table for 0 bits maps every value to 0.
+    """
+    from timm.data.auto_augment import RandAugment, posterize
+
+    def zero_bits_black(img: Any, bits_to_keep: int, **kwargs: Any) -> Any:
+        return img.point(lambda _: 0) if bits_to_keep <= 0 else posterize(img, bits_to_keep, **kwargs)
+
+    for step in getattr(transform, "transforms", [transform]):
+        if isinstance(step, RandAugment):
+            for op in step.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = zero_bits_black
+    return transform
 
 
 def build_mixup(recipe: Recipe, num_classes: int) -> Any | None:
@@ -661,8 +682,14 @@ def train(
                 position.batch += 1
                 if recipe.sched_on == "step":
                     scheduler.step_update(step)
-                for name, value in parts.items():
-                    sums[name] = sums.get(name, 0.0) + value.item()
+                # The logged losses are the GLOBAL batch's: each rank's mean over its equal slice, averaged
+                # over ranks (without this, rank 0 logged its own slice's loss only).
+                values = torch.stack([value.detach().float() for value in parts.values()])
+                if procs.world > 1:
+                    dist.all_reduce(values)
+                    values /= procs.world
+                for name, value in zip(parts, values.tolist()):
+                    sums[name] = sums.get(name, 0.0) + value
                 sums["lr"] += optimizer.param_groups[0]["lr"]
                 position.sums = sums
                 bar.set_postfix(refresh=False, loss=f"{sums['loss'] / position.batch:.3f}",

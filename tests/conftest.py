@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,105 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distillation runs through the real CLI (tests/test_resume.py, test_ddp.py, test_distill.py)
+# ---------------------------------------------------------------------------------------------------------
+
+#: A tiny student (3 blocks of width 32) and teacher (3 blocks of width 48) on 16 px images: a run of a few
+#: epochs over 600 images takes about a second; process start-up (importing torch and timm) dominates.
+KD_STUDENT = {"img_size": 16, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 10}
+KD_TEACHER = {**KD_STUDENT, "embed_dim": 48}
+KD_CONFIG = {
+    "dataset": {"kind": "synthetic",
+                "synthetic": {"seed": 0, "num_classes": 10, "image_size": 16, "train_size": 600, "test_size": 200}},
+    "teacher": {"model": {"arch": "vit_tiny_patch16_224", "kwargs": KD_TEACHER, "weights": {"source": "train"}},
+                "train": {"epochs": 1, "batch_size": 50, "lr": 3e-3, "warmup_epochs": 0, "sched_on": "step",
+                          "checkpoint_every": 0, "device": "cpu", "threads": 0, "num_workers": 0}},
+    "student": {"model": {"arch": "vit_tiny_patch16_224", "kwargs": KD_STUDENT, "weights": {"source": "random"}}},
+    "distill": {
+        "seeds": [0], "teacher_cache": "off",
+        "train": {"epochs": 3, "batch_size": 50, "lr": 3e-3, "min_lr": 1e-5, "warmup_epochs": 1, "warmup_lr": 1e-6,
+                  "sched_on": "step", "checkpoint_every": 1, "device": "cpu", "threads": 1, "num_workers": 0,
+                  "amp": "none", "randaugment": None, "reprob": 0.0, "repeated_aug": 1, "mixup": 0.0,
+                  "cutmix": 0.0},
+        "runs": [{"name": "softkd", "method": "softkd"},
+                 {"name": "spectralkd_f1l1", "method": "spectralkd", "layers": "F1 L1"},
+                 {"name": "projectorkd_l1", "method": "projectorkd", "layers": "L1"},
+                 {"name": "projectorkd_released_l1", "method": "projectorkd_released", "layers": "L1"}],
+    },
+}
+
+
+class KDWork:
+    """A generated dataset and a trained teacher, and command lines for the steps that distil from it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data.npz"
+        self.teacher = root / "teacher" / "model.safetensors"
+
+    def config(self, *overrides: dict) -> str:
+        from pipeline_steps.config import deep_merge
+
+        merged = KD_CONFIG
+        for override in overrides:
+            merged = deep_merge(merged, override)
+        return json.dumps(merged)
+
+    def step(self, step: str, *args: str, overrides: tuple[dict, ...] = (), launcher: tuple[str, ...] | None = None,
+             ) -> list[str]:
+        """``python -m pipeline_steps <step>`` (or ``<launcher> -m pipeline_steps <step>``) on this work dir."""
+        head = [sys.executable] if launcher is None else list(launcher)
+        return [*head, "-m", "pipeline_steps", step, "--params", str(REPO / "configs" / "smoke.yaml"),
+                "--config-json", self.config(*overrides), "--teacher-weights", str(self.teacher),
+                "--data", str(self.data), *args]
+
+    def distill(self, run_id: str, out_dir: Path, *overrides: dict, teacher_cache: Path | None = None,
+                launcher: tuple[str, ...] | None = None) -> list[str]:
+        extra = ["--teacher-cache", str(teacher_cache)] if teacher_cache is not None else []
+        return self.step("distill", "--run-id", run_id, "--out-dir", str(out_dir), *extra, overrides=overrides,
+                         launcher=launcher)
+
+
+def kd_env() -> dict[str, str]:
+    """One intra-op thread per child: the tests run two children at a time on small machines."""
+    return tool_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def start(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start a step with captured text output."""
+    return subprocess.Popen(cmd, cwd=REPO, env=kd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_all(*cmds: list[str]) -> list[subprocess.CompletedProcess]:
+    """Run the commands concurrently; their completed processes, in order."""
+    return [finish(p) for p in [start(cmd) for cmd in cmds]]
+
+
+def check_ok(*procs: subprocess.CompletedProcess) -> None:
+    for proc in procs:
+        assert proc.returncode == 0, f"{' '.join(map(str, proc.args[:5]))} ... exited {proc.returncode}:\n{proc.stderr}"
+
+
+@pytest.fixture(scope="session")
+def kd(tmp_path_factory) -> KDWork:
+    """The dataset (generated in-process) and a teacher trained on it (in-process, about a second)."""
+    from pipeline_steps import generate_data, train_teacher
+    from pipeline_steps.config import load_params
+
+    work = KDWork(tmp_path_factory.mktemp("kd"))
+    synthetic = KD_CONFIG["dataset"]["synthetic"]
+    generate_data.run(work.data, num_classes=synthetic["num_classes"], image_size=synthetic["image_size"],
+                      train_size=synthetic["train_size"], test_size=synthetic["test_size"], seed=synthetic["seed"],
+                      progress=False)
+    params = load_params([REPO / "configs" / "smoke.yaml"], [work.config()])
+    train_teacher.run(params, work.teacher.parent, synthetic_path=work.data, progress=False)
+    return work
