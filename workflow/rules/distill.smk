@@ -1,3 +1,5 @@
+# Scheduler resources from params (distill.resources): `gpu` is what the SLURM executor plugin turns into
+# sbatch --gpus; cpus_per_task follows the rule's threads.
 DISTILL_RESOURCES = config["distill"]["resources"]
 
 
@@ -19,7 +21,7 @@ rule teacher_cache:
     resources:
         mem_mb=DISTILL_RESOURCES["mem_mb"],
         runtime=DISTILL_RESOURCES["runtime"],
-        gpus=min(DISTILL_RESOURCES["gpus"], 1),
+        gpu=min(DISTILL_RESOURCES["gpus"], 1),
     shell:
         "{STEP} teacher-cache --config-json {params.cfg:q} {params.data} {params.weights} "
         "--out {output:q} 2> {log:q}"
@@ -54,7 +56,7 @@ rule distill:
     resources:
         mem_mb=DISTILL_RESOURCES["mem_mb"],
         runtime=DISTILL_RESOURCES["runtime"],
-        gpus=DISTILL_RESOURCES["gpus"],
+        gpu=DISTILL_RESOURCES["gpus"],
     shell:
         "OMP_NUM_THREADS={threads} {params.launch} distill --config-json {params.cfg:q} --run-id {wildcards.run} "
         "{params.data} {params.weights} {params.cache} --out-dir {params.out_dir:q} 2> {log:q}"

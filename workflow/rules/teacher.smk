@@ -17,7 +17,7 @@ rule train_teacher:
     resources:
         mem_mb=TEACHER["resources"]["mem_mb"],
         runtime=TEACHER["resources"]["runtime"],
-        gpus=TEACHER["resources"]["gpus"],
+        gpu=TEACHER["resources"]["gpus"],
     shell:
         "{params.launch} train-teacher --config-json {params.cfg:q} {params.data} "
         "--out-dir results/teacher 2> {log:q}"
