@@ -4,9 +4,9 @@
 so the two runs differ only by float summation order (DDP averages the two halves' gradients).
 
 Measured on a 2-core CPU machine (torch 2.14, spectralkd F1 L1, 3 epochs, 12 steps of 50 images each):
-train_loss, train_loss_base and train_loss_fft within 3e-8 relative, train_loss_dist (a value ~1e-3)
-within 1.1e-6 relative, test_loss within 7e-8 relative, test_acc1 / test_acc5 / train_lr equal, weights
-within 1.2e-6 absolute. The tolerances below are about ten times that.
+train_loss, train_loss_base, train_loss_fft and test_loss within 4.2e-8 relative, train_loss_dist (a
+value ~1e-3) within 1.6e-6 relative, train_lr / test_acc1 / test_acc5 equal, weights within 3.2e-6
+absolute. The tolerances below are a few times that, for other CPUs' kernels.
 
 ProjectorKD is not compared: its BatchNorm normalises with each rank's own half-batch statistics (no
 SyncBatchNorm), so under DDP it is a slightly different objective, as in the authors' DDP training.
@@ -15,6 +15,7 @@ SyncBatchNorm), so under DDP it is a slightly different objective, as in the aut
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -23,8 +24,8 @@ import safetensors.torch
 
 from conftest import VENV_BIN, assert_one_line_error, check_ok, run_all
 
-LOSS_RTOL = 1e-5     # measured <= 1.1e-6
-WEIGHTS_ATOL = 1e-5  # measured 1.2e-6
+LOSS_RTOL = 1e-5     # measured <= 1.6e-6 (train_loss_dist), <= 4.2e-8 for the others
+WEIGHTS_ATOL = 2e-5  # measured 3.2e-6
 ACC_IMAGES = 1       # test_acc1 / test_acc5 may differ by one test image (measured: equal)
 RUN_ID = "spectralkd_f1l1-s0"
 
@@ -86,7 +87,7 @@ def test_batch_not_divisible_by_processes(kd, torchrun, tmp_path):
     (proc,) = run_all(kd.distill(RUN_ID, tmp_path / "run", {"distill": {"train": {"batch_size": 25}}},
                                  launcher=launcher))
     assert proc.returncode != 0
-    assert "exitcode  : 2" in proc.stderr, proc.stderr  # torchrun's report of the first failed rank
+    assert re.search(r"exitcode\s*:\s*2\b", proc.stderr), proc.stderr  # torchrun's report of a failed rank
     children = sorted(logs.rglob("stderr.log"))
     assert len(children) == 2, children
     written = [path.read_text() for path in children]

@@ -131,7 +131,7 @@ def killed(kd, tmp_path_factory):
     reference = start(kd.distill(run_id, root / "reference", KILLED))
     cmd = kd.distill(run_id, root / "run", KILLED)
     proc = start_logged(cmd, root / "logs" / "killed")
-    fraction = RNG.uniform(0.0, 2.0)
+    fraction = RNG.uniform(0.0, 1.5)
     delay = signal_mid_run(proc, root / "run", root / "logs" / "killed", signal.SIGKILL, fraction)
     killed_rc = proc.returncode
     left = sorted(p.name for p in (root / "run").rglob("*") if p.is_file())
