@@ -9,7 +9,7 @@ value ~1e-3) within 1.6e-6 relative, train_lr / test_acc1 / test_acc5 equal, wei
 absolute. The tolerances below are a few times that, for other CPUs' kernels.
 
 ProjectorKD is not compared: its BatchNorm normalises with each rank's own half-batch statistics (no
-SyncBatchNorm), so under DDP it is a slightly different objective, as in the authors' DDP training.
+SyncBatchNorm), so under DDP it optimises a slightly different objective and is not expected to match.
 """
 
 from __future__ import annotations
