@@ -71,3 +71,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of a byte string."""
     return hashlib.sha256(data).hexdigest()
+
+
+def write_safetensors(path: str | os.PathLike, tensors: "dict[str, torch.Tensor]",  # noqa: F821
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically, with a canonical header (JSON keys sorted).
+
+    The safetensors library serialises its header from a hash map, so the same tensors and metadata give
+    different bytes (and sha256) from one process to the next; rewriting the header with sorted keys makes
+    the file a function of its content. Offsets in the header are relative to the data section, so
+    reordering keys does not move any tensor.
+    """
+    import struct
+
+    import safetensors.torch
+
+    blob = safetensors.torch.save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.dumps(json.loads(blob[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to 8-byte alignment with spaces
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(header)))
+            f.write(header)
+            f.write(blob[8 + n:])

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ._io import atomic_path
+from ._io import write_safetensors
 from .errors import UserError
 
 __all__ = [
@@ -328,16 +328,13 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, metadata: Mapp
     Returns:
         The :func:`weights_hash` of the saved weights.
     """
-    import safetensors.torch
-
     meta = dict(metadata or {})
     meta.setdefault("arch", model_arch(model))
     digest = weights_hash(model)
     meta.update(format=_WEIGHTS_FORMAT, weights_sha256=digest)
     header = {str(k): json.dumps(v, sort_keys=True) for k, v in meta.items()}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp), metadata=header)
+    write_safetensors(path, tensors, header)
     return digest
 
 

@@ -24,10 +24,9 @@ from .config import SYNTHETIC_PATH
 def run(params: dict, out: str | os.PathLike, *, teacher_weights: str | os.PathLike | None = None,
         synthetic_path: str | os.PathLike = SYNTHETIC_PATH, progress: bool = True) -> list[int]:
     """Write the cache; returns the teacher blocks it holds."""
-    import safetensors.torch
     import torch
 
-    from ._io import atomic_path
+    from ._io import write_safetensors
     from .data import open_dataset
     from .distill import build_student, teacher_layers_of_grid, teacher_spec
     from .models import create_model, num_blocks
@@ -40,8 +39,7 @@ def run(params: dict, out: str | os.PathLike, *, teacher_weights: str | os.PathL
     device = "cuda" if params["distill"]["train"]["device"] != "cpu" and torch.cuda.is_available() else "cpu"
     cache = compute_teacher_cache(teacher, train_set, layers, device=device, progress=progress)
     meta = {"layers": json.dumps(layers), "n_images": str(len(train_set))}
-    with atomic_path(out) as tmp:
-        safetensors.torch.save_file(cache, str(tmp), metadata=meta)
+    write_safetensors(out, cache, meta)
     return layers
 
 
