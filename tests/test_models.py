@@ -201,3 +201,24 @@ def test_check_input_size_names_the_setting():
     with pytest.raises(UserError, match=r"images are 64x64 but model 'vit_tiny_patch16_224' expects 32x32; "
                                         r"set teacher.model.kwargs.img_size to 64"):
         check_input_size(model, (64, 64), where="teacher.model.kwargs.img_size")
+
+
+def test_saved_weights_are_byte_identical_across_processes(tmp_path):
+    """safetensors serialises its header from a hash map; save_weights canonicalises it, so the same weights
+    give the same file (and sha256, which checkpoints.json, DVC and the tests rely on) in every process."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, timm\n"
+            "from pipeline_steps.models import save_weights\n"
+            "torch.manual_seed(0)\n"
+            "m = timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=8, embed_dim=32, depth=2,"
+            " num_heads=2, num_classes=3)\n"
+            "save_weights(m, sys.argv[1], {'arch': 'vit_tiny_patch16_224', 'kwargs': {'depth': 2}, 'epoch': 3,"
+            " 'run_id': 'x', 'seed': 1})\n")
+    digests = set()
+    for i in range(3):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"w{i}.safetensors")], check=True)
+        digests.add(hashlib.sha256((tmp_path / f"w{i}.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
