@@ -83,7 +83,8 @@ def teacher_cache_input(wildcards=None):
 
 
 def training_command(resources):
-    """The step launcher of a training job: torchrun (DDP, one process per GPU) when it asks for > 1 GPU."""
-    if resources["gpus"] > 1:
-        return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {resources['gpus']} -m pipeline_steps"
+    """The step launcher of a training job: torchrun (DDP) when it runs > 1 process (default: one per GPU)."""
+    processes = resources["processes"] or resources["gpus"]
+    if processes > 1:
+        return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {processes} -m pipeline_steps"
     return STEP

@@ -17,13 +17,13 @@ rule teacher_cache:
         weights=lambda w, input: f"--teacher-weights {input.weights[0]}" if input.weights else "",
     log:
         "results/logs/teacher_cache.log",
-    threads: workflow.cores
+    threads: TEACHER["resources"]["cpus"]
     resources:
         mem_mb=DISTILL_RESOURCES["mem_mb"],
         runtime=DISTILL_RESOURCES["runtime"],
         gpu=min(DISTILL_RESOURCES["gpus"], 1),
     shell:
-        "{STEP} teacher-cache --config-json {params.cfg:q} {params.data} {params.weights} "
+        "OMP_NUM_THREADS={threads} {STEP} teacher-cache --config-json {params.cfg:q} {params.data} {params.weights} "
         "--out {output:q} 2> {log:q}"
 
 

@@ -13,11 +13,11 @@ rule train_teacher:
         data=lambda w, input: f"--data {input[0]}" if input else "",
     log:
         "results/logs/train_teacher.log",
-    threads: workflow.cores
+    threads: TEACHER["resources"]["cpus"]
     resources:
         mem_mb=TEACHER["resources"]["mem_mb"],
         runtime=TEACHER["resources"]["runtime"],
         gpu=TEACHER["resources"]["gpus"],
     shell:
-        "{params.launch} train-teacher --config-json {params.cfg:q} {params.data} "
+        "OMP_NUM_THREADS={threads} {params.launch} train-teacher --config-json {params.cfg:q} {params.data} "
         "--out-dir results/teacher 2> {log:q}"
