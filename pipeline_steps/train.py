@@ -185,7 +185,7 @@ class Indexed(Dataset):
         return image, label, index
 
 
-class Mixed(Dataset):
+class Augmented(Dataset):
     """A view of a dataset of pixels with a training transform (RandAugment, random erasing)."""
 
     def __init__(self, base: Dataset, transform: Any) -> None:
@@ -235,7 +235,7 @@ def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
               transforms.Normalize(dataset.mean.flatten().tolist(), dataset.std.flatten().tolist())]
     if recipe.reprob > 0:
         steps.append(RandomErasing(recipe.reprob, mode="pixel", max_count=1, device="cpu"))
-    return Mixed(dataset, _posterize_zero_bits(transforms.Compose(steps)))
+    return Augmented(dataset, _posterize_zero_bits(transforms.Compose(steps)))
 
 
 def _posterize_zero_bits(transform: Any) -> Any:
@@ -619,10 +619,13 @@ def train(
     train_loader = DataLoader(Indexed(training_view(train_set, recipe)), batch_sampler=batches,
                               num_workers=recipe.num_workers, pin_memory=device.type == "cuda",
                               generator=loader_rng)
-    test_loader = DataLoader(test_set, batch_size=2 * recipe.batch_size, num_workers=recipe.num_workers)
+    test_loader = DataLoader(test_set, batch_size=2 * (recipe.batch_size // procs.world),
+                             num_workers=recipe.num_workers)
 
     # Model, optimizer, schedule.
     trainee = Trainee(student, objective).to(device)
+    if teacher is not None and teacher.model is not None:
+        teacher.model.to(device)
     optimizer = build_optimizer(trainee, recipe)
     scheduler = build_scheduler(optimizer, recipe, len(batches))
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
