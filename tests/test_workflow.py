@@ -72,11 +72,25 @@ def ran_stages(output: str) -> list[str]:
 
 
 def test_snakemake_dry_run_plans_every_preset():
-    for preset, jobs in [(None, 10), ("configs/smoke.yaml", 10), ("configs/paper.yaml", 8)]:
+    for preset, jobs in [(None, 37), ("configs/smoke.yaml", 19), ("configs/paper.yaml", 36)]:
         extra = ["--configfile", preset] if preset else []
         proc = sh(["snakemake", "-n", "--directory", str(REPO), *extra], REPO)
         total = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
         assert total and int(total.group(1)) == jobs, (preset, proc.stdout[-2000:])
+
+
+def test_paper_preset_plans_table1_grid_without_mixing_in_the_default():
+    """The paper preset replaces params.yaml (no deep merge: CaiT-S24 keeps its own architecture) and plans
+    Table 1's 13 runs, each an 8-process torchrun job with its own epochs."""
+    proc = sh(["snakemake", "-n", "-p", "--directory", str(REPO), "--configfile", "configs/paper.yaml"], REPO)
+    runs = dict(re.findall(r"Distilling (\S+) \((\d+) epochs\)", proc.stdout))
+    assert len(runs) == 13 and runs["softkd_500ep-s0"] == "500" and runs["spectralkd_f2l6-s0"] == "300", runs
+    commands = [line for line in proc.stdout.splitlines() if " distill --config-json" in line]
+    assert len(commands) == 13 and all("--nproc_per_node 8 -m pipeline_steps" in c for c in commands)
+    config = json.loads(re.search(r"--config-json '([^']+)'", commands[0]).group(1))
+    assert config["teacher"]["model"] == {"arch": "cait_s24_224", "kwargs": {}, "weights": {
+        "source": "timm", "tag": "cait_s24_224.fb_dist_in1k", "path": None, "seed": 0}}
+    assert config["student"]["model"]["kwargs"] == {"drop_path_rate": 0.0}
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ rule teacher_cache:
 # of a failed job; these are written last).
 rule distill:
     message:
-        "Distilling {wildcards.run} ({config[distill][train][epochs]} epochs)"
+        "Distilling {wildcards.run} ({params.epochs} epochs)"
     input:
         data=synthetic_data,
         weights=trained_teacher_weights,
@@ -48,6 +48,7 @@ rule distill:
         weights=lambda w, input: f"--teacher-weights {input.weights[0]}" if input.weights else "",
         cache=lambda w, input: f"--teacher-cache {input.cache[0]}" if input.cache else "",
         out_dir=RUN_DIR,
+        epochs=lambda w: RUNS[w.run].epochs,
     log:
         "results/logs/distill/{run}.log",
     wildcard_constraints:
