@@ -70,6 +70,15 @@ def run_config(wildcards):
     return json.dumps(cfg, sort_keys=True)
 
 
+def teacher_cache_config():
+    """The teacher-cache rule's config: of the grid, only what decides which teacher blocks are cached (so
+    changing a run's beta, label or epochs does not recompute the cache)."""
+    cfg = select(config, RULE_PARAMS["teacher_cache"])
+    cfg["distill"]["runs"] = [{k: e[k] for k in ("name", "method", "layers") if k in e}
+                              for e in config["distill"]["runs"]]
+    return json.dumps(cfg, sort_keys=True)
+
+
 def uses_teacher_cache():
     """Whether distill jobs read the teacher cache (distill.teacher_cache, and no augmentation)."""
     train = config["distill"]["train"]

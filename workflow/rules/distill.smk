@@ -12,7 +12,7 @@ rule teacher_cache:
     output:
         TEACHER_CACHE,
     params:
-        cfg=rule_config("teacher_cache"),
+        cfg=teacher_cache_config(),
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
         weights=lambda w, input: f"--teacher-weights {input.weights[0]}" if input.weights else "",
     log:
