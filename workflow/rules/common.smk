@@ -91,6 +91,13 @@ def teacher_cache_input(wildcards=None):
     return [TEACHER_CACHE] if uses_teacher_cache() else []
 
 
+#: sbatch option of training jobs: SIGTERM to the job's steps (not its batch shell) 2 minutes before the time
+#: limit, so the step saves its state mid-epoch and the retry resumes there. SLURM's own SIGTERM at the limit
+#: also reaches the batch step, whose srun then SIGKILLs the step before it can save (measured:
+#: tests/test_slurm_training.py), losing the epoch in progress.
+TRAINING_SLURM_EXTRA = "--signal=TERM@120"
+
+
 def training_command(resources):
     """The step launcher of a training job: torchrun (DDP) when it runs > 1 process (default: one per GPU)."""
     processes = resources["processes"] or resources["gpus"]

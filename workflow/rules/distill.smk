@@ -23,7 +23,7 @@ rule teacher_cache:
         runtime=DISTILL_RESOURCES["runtime"],
         gpu=min(DISTILL_RESOURCES["gpus"], 1),
     shell:
-        "OMP_NUM_THREADS={threads} {STEP} teacher-cache --config-json {params.cfg:q} {params.data} {params.weights} "
+        "OMP_NUM_THREADS={threads} exec {STEP} teacher-cache --config-json {params.cfg:q} {params.data} {params.weights} "
         "--out {output:q} 2> {log:q}"
 
 
@@ -58,9 +58,10 @@ rule distill:
         mem_mb=DISTILL_RESOURCES["mem_mb"],
         runtime=DISTILL_RESOURCES["runtime"],
         gpu=DISTILL_RESOURCES["gpus"],
+        slurm_extra=TRAINING_SLURM_EXTRA,
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} distill --config-json {params.cfg:q} --run-id {wildcards.run} "
-        "{params.data} {params.weights} {params.cache} --out-dir {params.out_dir:q} 2> {log:q}"
+        "OMP_NUM_THREADS={threads} exec {params.launch} distill --config-json {params.cfg:q} --run-id {wildcards.run} "
+        "{params.data} {params.weights} {params.cache} --out-dir {params.out_dir:q} >> {log:q} 2>&1"
 
 
 rule table1:

@@ -18,6 +18,7 @@ rule train_teacher:
         mem_mb=TEACHER["resources"]["mem_mb"],
         runtime=TEACHER["resources"]["runtime"],
         gpu=TEACHER["resources"]["gpus"],
+        slurm_extra=TRAINING_SLURM_EXTRA,
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train-teacher --config-json {params.cfg:q} {params.data} "
-        "--out-dir results/teacher 2> {log:q}"
+        "OMP_NUM_THREADS={threads} exec {params.launch} train-teacher --config-json {params.cfg:q} {params.data} "
+        "--out-dir results/teacher >> {log:q} 2>&1"
