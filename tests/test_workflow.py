@@ -227,6 +227,10 @@ def test_dvc_metrics_and_an_experiment(dvc_repo):
     sh(["git", "commit", "-qm", "baseline", "--allow-empty"], work)
     shown = sh(["dvc", "metrics", "show"], work).stdout
     assert "SpectralKD F1 L1" in shown and "best_top1" in shown, shown
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], work).stdout)["data"]
+    assert plots["results/figures/fig4_evolution.png"][0]["type"] == "image"
+    bars = plots["results/tables/table1.csv"][0]["content"]["data"]["values"]
+    assert {row["label"] for row in bars} == {"SoftKD", "ProjectorKD L1", "SpectralKD F1 L1"}
     softkd = (work / "results/runs/softkd-s0/model.safetensors").read_bytes()
     exp = sh(["dvc", "exp", "run", "-S", "distill.beta=0.1"], work)
     out = exp.stdout + exp.stderr
