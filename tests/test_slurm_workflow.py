@@ -178,8 +178,9 @@ def local_rules(workdir: Path) -> set[str]:
     """The rules the workflow runs on the submit host (its `localrules:` directives)."""
     names: set[str] = set()
     for path in [workdir / "workflow/Snakefile", *sorted((workdir / "workflow/rules").glob("*.smk"))]:
-        for line in re.findall(r"^localrules:\s*(.+)$", path.read_text(), re.M):
-            names.update(n.strip() for n in line.split(",") if n.strip())
+        # `localrules: a, b` on one line, or one indented name per line below it.
+        for block in re.findall(r"^localrules:(.*(?:\n[ \t]+\S.*)*)", path.read_text(), re.M):
+            names.update(re.findall(r"\w+", block))
     return names
 
 
