@@ -54,10 +54,11 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "log.txt").read_text().splitlines()]
 
 
-def test_two_processes_match_one(runs):
-    ddp, single = _rows(runs / "ddp"), _rows(runs / "single")
-    assert len(ddp) == len(single) == 3
-    one_image = 100.0 / 200 * ACC_IMAGES  # percent of the 200 test images
+def assert_ddp_matches_single(ddp_dir: Path, single_dir: Path, epochs: int, test_images: int) -> None:
+    """Two run directories (DDP, one process) agree within the tolerances above: every log value, weights."""
+    ddp, single = _rows(ddp_dir), _rows(single_dir)
+    assert len(ddp) == len(single) == epochs
+    one_image = 100.0 / test_images * ACC_IMAGES  # percent of the test images
     for a, b in zip(ddp, single):
         assert a.keys() == b.keys()
         assert a["epoch"] == b["epoch"] and a["n_parameters"] == b["n_parameters"]
@@ -66,11 +67,15 @@ def test_two_processes_match_one(runs):
             assert a[key] == pytest.approx(b[key], rel=LOSS_RTOL, abs=0), (a["epoch"], key)
         for key in ("test_acc1", "test_acc5"):
             assert abs(a[key] - b[key]) <= one_image + 1e-9, (a["epoch"], key)
-    wa = safetensors.torch.load_file(str(runs / "ddp" / "model.safetensors"))
-    wb = safetensors.torch.load_file(str(runs / "single" / "model.safetensors"))
+    wa = safetensors.torch.load_file(str(ddp_dir / "model.safetensors"))
+    wb = safetensors.torch.load_file(str(single_dir / "model.safetensors"))
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < WEIGHTS_ATOL, worst
+
+
+def test_two_processes_match_one(runs):
+    assert_ddp_matches_single(runs / "ddp", runs / "single", epochs=3, test_images=200)
 
 
 def test_rank_zero_writes_one_run_directory(runs):

@@ -31,7 +31,6 @@ Without a cluster the module is skipped, except under ``CI=true`` (then it fails
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -44,7 +43,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tool_env
-from test_ddp import ACC_IMAGES, LOSS_RTOL, WEIGHTS_ATOL
+from test_ddp import assert_ddp_matches_single
 from test_slurm_cluster import _run, slurm_cluster, squeue_state  # noqa: F401  (slurm_cluster is a fixture)
 from test_slurm_workflow import CI_ARGS, PROFILE, Run, ci_env, rule_of, run_uuid, sacct_jobs, sha256, start
 from test_workflow import scratch_copy
@@ -245,10 +244,6 @@ def test_full_sigterm_fails_the_job_and_the_retry_finishes_the_run(runs):
     assert_identical_to_local(run, runs["runs"]["local"].wait())
 
 
-def _rows(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / RUN_DIR / "log.txt").read_text().splitlines()]
-
-
 def test_torchrun_job_matches_a_single_process_run(runs):
     run = runs["runs"]["ddp"].wait()
     assert run.rc == 0, run.tail()
@@ -263,21 +258,4 @@ def test_torchrun_job_matches_a_single_process_run(runs):
     local = runs["runs"]["single"].wait()
     assert local.rc == 0, local.tail()
     assert "torch.distributed.run" not in local.output
-    ddp, single = _rows(run.cwd), _rows(local.cwd)
-    assert len(ddp) == len(single) == DDP_EPOCHS
-    one_image = 100.0 / 400 * ACC_IMAGES  # percent of the smoke preset's 400 test images
-    for a, b in zip(ddp, single):
-        assert a.keys() == b.keys()
-        assert a["epoch"] == b["epoch"] and a["n_parameters"] == b["n_parameters"]
-        assert a["train_lr"] == b["train_lr"]
-        for key in ("train_loss", "train_loss_base", "train_loss_dist", "train_loss_fft", "test_loss"):
-            assert a[key] == pytest.approx(b[key], rel=LOSS_RTOL, abs=0), (a["epoch"], key)
-        for key in ("test_acc1", "test_acc5"):
-            assert abs(a[key] - b[key]) <= one_image + 1e-9, (a["epoch"], key)
-    import safetensors.torch
-
-    wa = safetensors.torch.load_file(str(run.cwd / RUN_DIR / "model.safetensors"))
-    wb = safetensors.torch.load_file(str(local.cwd / RUN_DIR / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    assert worst < WEIGHTS_ATOL, worst
+    assert_ddp_matches_single(run.cwd / RUN_DIR, local.cwd / RUN_DIR, epochs=DDP_EPOCHS, test_images=400)
