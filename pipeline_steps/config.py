@@ -96,6 +96,14 @@ def _check_cross_field(params: dict) -> None:
         distill_runs(params)
 
 
+def recipe_augments(train: Mapping) -> bool:
+    """Whether a ``train`` recipe makes a training image differ between epochs (RandAugment, random erasing,
+    mixup, cutmix): then teacher outputs cannot be cached. Here, not in ``train``, so the Snakefile can ask
+    without importing torch."""
+    return bool(train.get("randaugment") or train.get("reprob", 0) > 0 or train.get("mixup", 0) > 0
+                or train.get("cutmix", 0) > 0)
+
+
 #: Methods with a feature term (they need ``layers``); kept here so validating the config does not import
 #: torch. ``tests/test_config.py`` checks it against ``losses.METHODS``.
 FEATURE_METHODS = ("spectralkd", "projectorkd", "projectorkd_released")

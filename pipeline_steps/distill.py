@@ -35,7 +35,7 @@ def teacher_spec(params: dict, weights_path: str | os.PathLike | None) -> dict:
     return spec
 
 
-def layer_pairs(params: dict, run: DistillRun, student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
+def layer_pairs(run: DistillRun, student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:
     """The run's ``(student_block, teacher_block)`` pairs, validated against the two models' depths."""
     from .losses import parse_layer_pairs
 
@@ -51,8 +51,7 @@ def teacher_layers_of_grid(params: dict, student_depth: int, teacher_depth: int)
     """Every teacher block some run of the grid pairs with (what the teacher cache must hold)."""
     from .config import distill_runs
 
-    return sorted({t for run in distill_runs(params) for _, t in layer_pairs(params, run, student_depth,
-                                                                              teacher_depth)})
+    return sorted({t for run in distill_runs(params) for _, t in layer_pairs(run, student_depth, teacher_depth)})
 
 
 def build_student(params: dict, seed: int) -> Any:
@@ -85,8 +84,8 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
     """
     from .data import open_dataset
     from .losses import build_method
-    from .models import create_model, num_blocks
-    from .train import Recipe, TeacherTargets, run_fingerprint, train
+    from .models import check_num_classes, create_model, num_blocks
+    from .train import Recipe, run_fingerprint, train
 
     spec = distill_run(params, run_id)
     recipe = Recipe.from_params(params["distill"]["train"], seed=spec.seed, epochs=spec.epochs)
@@ -94,12 +93,9 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
     test_set = open_dataset(params, "test", synthetic_path=synthetic_path)
     teacher = create_model(teacher_spec(params, teacher_weights), weights_path=teacher_weights)
     student = build_student(params, spec.seed)
-    for who, model in (("student", student), ("teacher", teacher)):
-        classes = getattr(model, "num_classes", None)
-        if classes is not None and classes != len(train_set.classes):
-            raise UserError(f"{who}.model.kwargs.num_classes is {classes} but the dataset has "
-                            f"{len(train_set.classes)} classes; make them equal")
-    pairs = layer_pairs(params, spec, num_blocks(student), num_blocks(teacher))
+    check_num_classes(student, len(train_set.classes), where="student.model.kwargs.num_classes")
+    check_num_classes(teacher, len(train_set.classes), where="teacher.model.kwargs.num_classes")
+    pairs = layer_pairs(spec, num_blocks(student), num_blocks(teacher))
     objective = build_method(spec.method, pairs=pairs, student_channels=[student.embed_dim] * len(pairs),
                              teacher_channels=[teacher.embed_dim] * len(pairs),
                              label_smoothing=recipe.label_smoothing, **spec.loss_options())

@@ -458,6 +458,13 @@ def layer_names(model: torch.nn.Module, indices: Iterable[int]) -> list[str]:
     return names
 
 
+def check_num_classes(model: torch.nn.Module, n_classes: int, *, where: str = "model.kwargs.num_classes") -> None:
+    """Fail with a one-line message when the classifier's output size is not the dataset's class count."""
+    classes = getattr(model, "num_classes", None)
+    if classes is not None and classes != n_classes:
+        raise UserError(f"{where} is {classes} but the dataset has {n_classes} classes; make them equal")
+
+
 def check_input_size(model: torch.nn.Module, size: tuple[int, int], *, where: str = "model.kwargs.img_size") -> None:
     """Fail with a clear message when images of ``size`` (H, W) cannot go through ``model``.
 

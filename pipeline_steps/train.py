@@ -38,6 +38,7 @@ float summation order. Evaluation, logging and checkpoints happen on rank 0.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -59,6 +60,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ._io import atomic_path, sha256_file, write_json, write_text
+from .config import recipe_augments
 from .errors import Interrupted, UserError
 from .losses import AUTHORS_LOG_NAMES, DistillMethod, build_method, order_features
 
@@ -96,7 +98,7 @@ class Recipe:
     @property
     def augments(self) -> bool:
         """Whether a training image differs between epochs (then teacher outputs cannot be cached)."""
-        return bool(self.randaugment or self.reprob > 0 or self.mixup > 0 or self.cutmix > 0)
+        return recipe_augments(self.__dict__)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
 
     if isinstance(dataset, ImageFolderDataset):
         p = dataset.preprocess
-        train_view = ImageFolderDataset(dataset.root, dataset.directory.name, p)
+        train_view = copy.copy(dataset)  # same file list; only the (cached) transform differs
         train_view.__dict__["transform"] = create_transform(
             int(p["crop"]), is_training=True, color_jitter=0.3, auto_augment=recipe.randaugment,
             interpolation="bicubic", re_prob=recipe.reprob, re_mode="pixel", re_count=1,
@@ -467,6 +469,10 @@ class RunDirectory:
     @property
     def resume_dir(self) -> Path:
         return self.path / "resume"
+
+    def write_log(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """log.txt: one JSON line per epoch (the authors' DeiT format), rewritten atomically."""
+        write_text(self.path / "log.txt", "".join(json.dumps(r) + "\n" for r in rows))
 
     def save_weights(self, student: nn.Module, name: str, **extra: Any) -> Path:
         from .models import save_weights
@@ -720,7 +726,7 @@ def train(
                 position.rows.append(row)
                 tqdm.write(f"{run.path.name} epoch {epoch}: train_loss {row['train_loss']:.4f}  "
                            f"test_acc1 {test['acc1']:.2f}%  ({n_batches * recipe.batch_size / seconds:.0f} img/s)")
-                write_text(run.path / "log.txt", "".join(json.dumps(r) + "\n" for r in position.rows))
+                run.write_log(position.rows)
                 if test["acc1"] > position.best_acc1:
                     position.best_acc1 = test["acc1"]
                     run.save_weights(student, "best.safetensors", epoch=epoch + 1, test_acc1=test["acc1"])
@@ -732,7 +738,7 @@ def train(
     if procs.main:
         # Written again here: a finished run that is run again (e.g. its outputs were deleted) ends complete.
         rows = position.rows
-        write_text(run.path / "log.txt", "".join(json.dumps(r) + "\n" for r in rows))
+        run.write_log(rows)
         run.write_manifest(position)
         run.save_weights(student, "model.safetensors", epoch=recipe.epochs, test_acc1=rows[-1]["test_acc1"])
     return position.rows

@@ -30,7 +30,7 @@ def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Pa
         The per-epoch log rows.
     """
     from .data import open_dataset
-    from .models import create_model
+    from .models import check_num_classes, create_model
     from .train import Recipe, run_fingerprint, train
 
     teacher = params["teacher"]
@@ -44,10 +44,7 @@ def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Pa
     init = copy.deepcopy(spec)
     init["weights"] = {"source": "random", "seed": recipe.seed, "tag": None, "path": None}
     model = create_model(init)
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes is not None and num_classes != len(train_set.classes):
-        raise UserError(f"teacher.model.kwargs.num_classes is {num_classes} but the dataset has "
-                        f"{len(train_set.classes)} classes; make them equal")
+    check_num_classes(model, len(train_set.classes), where="teacher.model.kwargs.num_classes")
     data_files = [synthetic_path] if params["dataset"]["kind"] == "synthetic" else []
     fingerprint = run_fingerprint(select(params, ("dataset", "teacher.model", "teacher.train")), data_files)
     return train(model, train_set, test_set, recipe, out_dir, fingerprint=fingerprint, progress=progress,

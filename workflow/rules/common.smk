@@ -4,7 +4,8 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline_steps.config import FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, select, validate_params
+from pipeline_steps.config import (FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, recipe_augments,
+                                    select, validate_params)
 from pipeline_steps.errors import UserError
 
 try:
@@ -81,8 +82,7 @@ def teacher_cache_config():
 
 def uses_teacher_cache():
     """Whether distill jobs read the teacher cache (distill.teacher_cache, and no augmentation)."""
-    train = config["distill"]["train"]
-    augments = bool(train["randaugment"] or train["reprob"] > 0 or train["mixup"] > 0 or train["cutmix"] > 0)
+    augments = recipe_augments(config["distill"]["train"])
     wanted = {"on": True, "off": False, "auto": not augments}[config["distill"]["teacher_cache"]]
     return wanted and any(r.method != "ce" for r in RUNS.values())
 
