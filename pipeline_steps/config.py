@@ -94,6 +94,10 @@ def _check_cross_field(params: dict) -> None:
                         "set it to your ImageNet-style directory")
     if "distill" in params:
         distill_runs(params)
+        if params["distill"]["teacher_cache"] == "on" and recipe_augments(params["distill"]["train"]):
+            raise UserError("distill.teacher_cache is on but the recipe augments (randaugment / reprob / mixup / "
+                            "cutmix), so cached teacher outputs would not match the student's images; set "
+                            "teacher_cache: off or auto")
 
 
 def recipe_augments(train: Mapping) -> bool:
@@ -102,6 +106,13 @@ def recipe_augments(train: Mapping) -> bool:
     without importing torch."""
     return bool(train.get("randaugment") or train.get("reprob", 0) > 0 or train.get("mixup", 0) > 0
                 or train.get("cutmix", 0) > 0)
+
+
+def uses_teacher_cache(params: Mapping) -> bool:
+    """Whether distill runs read the per-dataset teacher cache: ``distill.teacher_cache`` on, or auto and a
+    recipe without augmentation (validation rejects on + augmentation)."""
+    mode = params["distill"]["teacher_cache"]
+    return mode == "on" or (mode == "auto" and not recipe_augments(params["distill"]["train"]))
 
 
 #: Methods with a feature term (they need ``layers``); kept here so validating the config does not import

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import SYNTHETIC_PATH, DistillRun, distill_run, select
+from .config import SYNTHETIC_PATH, DistillRun, distill_run, select, uses_teacher_cache
 from .errors import UserError
 
 
@@ -103,7 +103,7 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
 
     targets = None
     if objective.needs_teacher_logits or objective.needs_teacher_features:
-        targets = _teacher_targets(params, recipe, teacher, teacher_layers, teacher_cache)
+        targets = _teacher_targets(params, teacher, teacher_layers, teacher_cache)
 
     files = [p for p in (teacher_weights, synthetic_path if params["dataset"]["kind"] == "synthetic" else None)
              if p is not None]
@@ -115,16 +115,10 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
                  fingerprint=run_fingerprint(config, files), metadata=meta, progress=progress)
 
 
-def _teacher_targets(params: dict, recipe: Any, teacher: Any, layers: list[int],
-                     cache_path: str | os.PathLike | None) -> Any:
+def _teacher_targets(params: dict, teacher: Any, layers: list[int], cache_path: str | os.PathLike | None) -> Any:
     from .train import TeacherTargets
 
-    mode = params["distill"]["teacher_cache"]
-    if mode == "on" and recipe.augments:
-        raise UserError("distill.teacher_cache is on but the recipe augments (randaugment / reprob / mixup / "
-                        "cutmix), so cached teacher outputs would not match the student's images; set "
-                        "teacher_cache: off or auto")
-    if mode == "off" or recipe.augments:
+    if not uses_teacher_cache(params):
         return TeacherTargets(layers, model=teacher)
     if cache_path is None:
         raise UserError("distill.teacher_cache is on/auto and the recipe does not augment, but no --teacher-cache "

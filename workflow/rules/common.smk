@@ -4,8 +4,8 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline_steps.config import (FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, recipe_augments,
-                                    select, validate_params)
+from pipeline_steps.config import (FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, select,
+                                    uses_teacher_cache, validate_params)
 from pipeline_steps.errors import UserError
 
 try:
@@ -80,15 +80,10 @@ def teacher_cache_config():
     return json.dumps(cfg, sort_keys=True)
 
 
-def uses_teacher_cache():
-    """Whether distill jobs read the teacher cache (distill.teacher_cache, and no augmentation)."""
-    augments = recipe_augments(config["distill"]["train"])
-    wanted = {"on": True, "off": False, "auto": not augments}[config["distill"]["teacher_cache"]]
-    return wanted and any(r.method != "ce" for r in RUNS.values())
-
-
 def teacher_cache_input(wildcards=None):
-    return [TEACHER_CACHE] if uses_teacher_cache() else []
+    """The teacher cache, when distill jobs read it (and some run has a teacher at all)."""
+    needed = uses_teacher_cache(config) and any(r.method != "ce" for r in RUNS.values())
+    return [TEACHER_CACHE] if needed else []
 
 
 #: sbatch option of training jobs: SIGTERM to the job's steps (not its batch shell) 2 minutes before the time
