@@ -35,7 +35,7 @@ that ``loss == loss_base + loss_dist + loss_feat``:
 - ``loss_feat = beta * mean over pairs of the pair loss`` (the authors log it as ``loss_fft``, also for
   ProjectorKD; see :data:`AUTHORS_LOG_NAMES`).
 
-This is what the authors' DeiT-format logs (shared/reference/logs/*.txt, keys ``train_loss``,
+This is what the authors' DeiT-format logs (reference/logs/*.txt, keys ``train_loss``,
 ``train_loss_base``, ``train_loss_fft``, ``train_loss_dist``) record, checked on their numbers:
 
 - In all eleven logs, on every epoch, ``train_loss == train_loss_base + train_loss_fft + train_loss_dist``

@@ -61,7 +61,7 @@ _TABLE1_DTYPES = {
     "top5_at_best": "float64", "delta_vs_softkd": "float64", "logs": "string",
 }
 
-#: The authors' published logs (../shared/reference/logs) that correspond to a paper Table 1 row:
+#: The authors' published logs (reference/logs in the repository) that correspond to a paper Table 1 row:
 #: file name -> (method, layers, beta, epochs). The MAE-teacher logs are not in the paper's table.
 PUBLISHED_TABLE1_LOGS: dict[str, tuple[str, str, float | None, int]] = {
     "SoftKD.txt": ("SoftKD", "-", None, 300),
@@ -236,7 +236,7 @@ def published_table1_runs(logs_dir: str | os.PathLike) -> list[RunSpec]:
     """RunSpecs for the authors' published logs that have a paper Table 1 row (seed 0 each).
 
     Args:
-        logs_dir: The directory holding the published logs (``shared/reference/logs``).
+        logs_dir: The directory holding the published logs (``reference/logs``).
 
     Returns:
         Nine runs, in :data:`PUBLISHED_TABLE1_LOGS` order.
@@ -549,7 +549,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs-dir", default=None, metavar="DIR",
                         help="tabulate the config's distill grid from DIR/<run id>/log.txt (results/runs)")
     parser.add_argument("--published-logs", default=None, metavar="DIR",
-                        help="also tabulate the authors' published logs found in DIR (shared/reference/logs)")
+                        help="also tabulate the authors' published logs found in DIR (reference/logs)")
     parser.add_argument("--out", required=True, metavar="STEM",
                         help="output stem: writes STEM.csv, STEM.md, STEM.tex and STEM.json (dvc metrics)")
 

@@ -17,13 +17,11 @@ from pipeline_steps.errors import UserError
 from pipeline_steps.tables import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "logs"
+PUBLISHED = REPO / "reference" / "logs"
 FIXTURES = REPO / "tests" / "data" / "logs"
 
-needs_published = pytest.mark.skipif(not PUBLISHED.is_dir(),
-                                     reason=f"published logs not found at {PUBLISHED} (../shared beside the repo)")
 
-# shared/reference/README.md: file -> (best test_acc1, best epoch)
+# reference/README.md: file -> (best test_acc1, best epoch)
 README_BEST = {
     "SoftKD.txt": (76.988, 296),
     "SoftKD_500_epochs.txt": (78.074, 491),
@@ -71,7 +69,6 @@ def fixture_runs(spectral_label: str | None = "SpectralKD_F1") -> list[RunSpec]:
 
 # ----------------------------------------------------------------------------------- published logs
 
-@needs_published
 @pytest.mark.parametrize("name", sorted(README_BEST))
 def test_published_log_best_matches_readme(name):
     log = tables.read_run_log(PUBLISHED / name)
@@ -86,7 +83,6 @@ def test_published_log_best_matches_readme(name):
     assert 0 <= summary["gap_best_final"] < 0.15  # the published best-vs-final gaps: at most 0.122 (SoftKD 500 ep)
 
 
-@needs_published
 def test_published_table1_matches_paper():
     df = tables.table1(tables.published_table1_runs(PUBLISHED))
     assert len(df) == len(PAPER_TABLE1) and (df["n_seeds"] == 1).all()
@@ -343,7 +339,6 @@ def test_table1_bad_runs(tmp_path):
             tables.table1([RunSpec(**{**spec, **bad})])
 
 
-@needs_published
 def test_table1_step_on_published_logs(tmp_path):
     """The table1 step tabulates the authors' logs given by path: CSV / Markdown / LaTeX + dvc metrics JSON."""
     from conftest import run_step
