@@ -1,45 +1,247 @@
-"""Atomic artifact writing and content hashing."""
+"""Atomic artifact writing, the step's temporaries, and content hashing.
+
+Every output of a step is written through :func:`atomic_outputs` (or :func:`atomic_path`, its one-output
+form): the data goes to hidden temporaries beside the outputs and is renamed onto them only when all of it
+is written. Temporaries are named ``.<output name>.<8 random characters><suffix>`` (``tempfile``'s
+pattern), so a later run of the same step can recognise and remove the ones a killed run left behind
+(:func:`remove_stale_temporaries`). That is safe because only one process writes a given output at a time:
+Snakemake never runs two jobs with the same output at once, and a step writes each of its outputs from one
+process (rank 0 under torchrun).
+
+An operating-system error while writing an output (a read-only or missing directory, a parent that is a
+file, an output path that is a directory, a full disk) becomes a :class:`~pipeline_steps.errors.UserError`
+that names the output and the cause; errors of anything else (an input, a bug) pass through unchanged.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+from .errors import UserError
+
+#: Temporaries this process is writing now; :func:`remove_stale_temporaries` leaves them alone.
+_LIVE: set[Path] = set()
+
+#: Errors that say the disk is full, whatever file they come from (a write() carries no file name).
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(exc: OSError) -> bool:
+    # pyarrow reports a full disk as a plain OSError whose message carries the errno.
+    return exc.errno in _DISK_FULL or os.strerror(errno.ENOSPC) in str(exc)
+
+
+def output_error(paths: Sequence[str | os.PathLike], exc: OSError,
+                 temporaries: Sequence[Path] = ()) -> UserError:
+    """The one-line error for output(s) that cannot be written: which, why, and how to fix it.
+
+    Args:
+        paths: The output(s) being written.
+        exc: The operating system's error.
+        temporaries: The outputs' temporaries (never named in the message: they are gone by then).
+    """
+    finals = [Path(p) for p in paths]
+    where = " and ".join(map(str, finals))
+    if _disk_full(exc):
+        cause = os.strerror(exc.errno) if exc.errno in _DISK_FULL else os.strerror(errno.ENOSPC)
+        fix = "free space on that filesystem (or choose an output path on another one) and run the step again"
+    elif exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in reversed(finals[0].parents) if p.exists() and not p.is_dir()), exc.filename)
+        cause = f"{blocker} is a file, not a directory"
+        fix = "move it away or choose another output path"
+    elif exc.errno == errno.EISDIR:
+        cause = f"{exc.filename or where} is a directory"
+        fix = "remove it or choose another output path"
+    else:
+        cause = exc.strerror or str(exc)
+        if exc.filename is not None:
+            name = Path(os.fspath(exc.filename))
+            if name not in finals and not any(name == t or t in name.parents for t in temporaries):
+                cause += f" ({name})"
+        fix = ("make its directory writable or choose another output path"
+               if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "check the output path and run the step again")
+    return UserError(f"cannot write {where}: {cause}; {fix}")
+
+
+def _is_about(exc: OSError, temporaries: Sequence[Path]) -> bool:
+    """Whether ``exc`` is an error of writing the given temporaries (or a full disk)."""
+    if _disk_full(exc):
+        return True
+    if exc.filename is None:
+        return False
+    name = Path(os.fspath(exc.filename))
+    return any(name == t or t in name.parents for t in temporaries)
+
+
+def _stale_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}(\.[A-Za-z0-9_]+)*")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that an earlier, killed writer of ``path`` left beside it.
+
+    Matches exactly this module's temporary names for ``path`` (``.<name>.<8 random characters><suffix>``,
+    files or directories), except the ones this process is writing now. Only safe when no other process
+    writes ``path`` at the same time, which Snakemake guarantees for a job's outputs.
+
+    Returns:
+        The removed paths.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = _stale_pattern(path)
+    removed = []
+    for entry in path.parent.iterdir():
+        if pattern.fullmatch(entry.name) and entry not in _LIVE:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _new_temporary(path: Path, suffix: str, directory: bool = False) -> Path:
+    """Create a fresh temporary beside ``path`` (after removing stale ones), with plain-open() permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        # mkstemp creates the file 0600; give the artifact the permissions a plain open() would (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    _LIVE.add(tmp)
+    return tmp
+
+
+def _discard(tmp: Path) -> None:
+    _LIVE.discard(tmp)
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+
+
+def _commit(temporaries: Sequence[Path], finals: Sequence[Path]) -> None:
+    """Rename every temporary onto its output; on a failure, put every output back as it was."""
+    if len(finals) == 1:
+        os.replace(temporaries[0], finals[0])
+        return
+    backups: list[tuple[Path, Path | None]] = []  # (output, hard link to its previous content, or None)
+    try:
+        for tmp, final in zip(temporaries, finals):
+            backup = None
+            if final.is_file():
+                backup = _new_temporary(final, ".old")
+                backup.unlink()
+                try:
+                    os.link(final, backup)  # the output stays in place: readers see old or new, never nothing
+                except OSError:
+                    shutil.copy2(final, backup)
+            backups.append((final, backup))
+            os.replace(tmp, final)
+    except BaseException:
+        for final, backup in reversed(backups):
+            if backup is not None:
+                os.replace(backup, final)
+                _LIVE.discard(backup)
+            else:
+                final.unlink(missing_ok=True)
+        raise
+    for _, backup in backups:
+        if backup is not None:
+            _discard(backup)
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: str | os.PathLike, suffixes: Sequence[str | None] | None = None) -> Iterator[list[Path]]:
+    """Yield one temporary path per output; rename them onto the outputs only if the block succeeds.
+
+    Guarantee: each rename is atomic (the temporaries live beside their outputs, on the same
+    filesystem), so a reader sees either an output's previous content or its complete new content. The
+    group is committed only after the block has written every temporary; if the block or any rename
+    fails, every output is put back as it was (previous content, or absent) and every temporary is
+    removed. Only a crash during the commit itself (a few renames) can leave some outputs new and others
+    old; a crash before it leaves temporaries, which the next run of the step removes.
+
+    Args:
+        *paths: The outputs.
+        suffixes: Per output, the temporary's suffix; default the output's own suffix (some writers,
+            e.g. ``np.savez`` and matplotlib, choose the format from it).
+
+    Raises:
+        UserError: An output cannot be written (see the module docstring); nothing is written then.
+    """
+    finals = [Path(p) for p in paths]
+    suffixes = list(suffixes) if suffixes is not None else [None] * len(finals)
+    temporaries: list[Path] = []
+    try:
+        try:
+            for final, suffix in zip(finals, suffixes):
+                if final.is_dir():
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(final))
+                temporaries.append(_new_temporary(final, suffix if suffix is not None else final.suffix))
+        except OSError as exc:
+            raise output_error(finals, exc) from None
+        try:
+            yield temporaries
+        except OSError as exc:
+            if _is_about(exc, temporaries):  # not an input's error or a bug: those pass through as they are
+                raise output_error(finals, exc, temporaries) from None
+            raise
+        try:
+            _commit(temporaries, finals)
+        except OSError as exc:
+            raise output_error(finals, exc, temporaries) from None
+    finally:
+        for tmp in temporaries:
+            _discard(tmp)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    The temporary file lives in the same directory (same filesystem), so the final
-    ``os.replace`` is atomic: readers see either the old artifact or the complete new one, and a
-    crash or an exception leaves no partial output behind.
+    The one-output form of :func:`atomic_outputs` (same guarantee and errors).
+    """
+    with atomic_outputs(path, suffixes=[suffix]) as (tmp,):
+        yield tmp
 
-    Args:
-        path: Final destination.
-        suffix: Suffix of the temporary file; defaults to the destination's own suffix (some
-            writers, e.g. ``np.savez`` and matplotlib, choose the format from it).
+
+@contextlib.contextmanager
+def temporary_directory_beside(path: str | os.PathLike, suffix: str) -> Iterator[Path]:
+    """A scratch directory beside ``path`` for the parts of its output, removed when the block ends.
+
+    Named like :func:`atomic_outputs`' temporaries, so a killed run's directory is removed by the next
+    writer of ``path``. Errors writing inside it become the one-line output error for ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
-                               dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates the file 0600; give the artifact the permissions a plain open() would (umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    tmp: Path | None = None
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        tmp = _new_temporary(path, suffix, directory=True)
+        yield tmp
+    except OSError as exc:
+        if tmp is None or _is_about(exc, [tmp]):
+            raise output_error([path], exc, [tmp] if tmp is not None else []) from None
         raise
+    finally:
+        if tmp is not None:
+            _discard(tmp)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

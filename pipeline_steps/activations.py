@@ -25,7 +25,6 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -33,7 +32,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from ._io import atomic_path
+from ._io import atomic_path, temporary_directory_beside
 from .errors import UserError
 from .models import layer_names, model_arch, num_blocks, weights_hash
 
@@ -227,65 +226,64 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
     total = _n_images(loader, meta)
     if total < 1:
         raise UserError("no images to extract activations from; check the sample manifest")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parts = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".parts", dir=path.parent))
     writers: list[_NpyAppender] | None = None
-    try:
-        labels: list[int] | None = []
-        seen = 0
+    # A killed run's parts directory (up to the whole activations' size) is removed here by the next run.
+    with temporary_directory_beside(path, ".parts") as parts:
         try:
-            n_batches = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            n_batches = None
-        with tqdm(total=n_batches, desc=f"activations {path.name}", unit="batch", file=sys.stderr) as bar:
-            for acts, y in _iter_batches(model, loader, layers):
-                b = acts[0].shape[0]
-                if seen + b > total:
-                    raise ValueError(f"loader yielded more than the {total} images expected")
-                if writers is None:
-                    writers = [_NpyAppender(parts / f"{name}.npy", (total, *a.shape[1:]))
-                               for name, a in zip(names, acts)]
-                for writer, a in zip(writers, acts):
-                    writer.append(a.detach().cpu().numpy())
-                if labels is not None and y is not None:
-                    labels.extend(int(v) for v in y.reshape(-1).tolist())
-                else:
-                    labels = None
-                seen += b
-                bar.update(1)
-        if seen != total:
-            raise ValueError(f"loader yielded {seen} images but {total} were expected")
-        shapes = {}
-        for name, writer in zip(names, writers or []):
-            writer.close()
-            shapes[name] = list(writer.shape)
+            labels: list[int] | None = []
+            seen = 0
+            try:
+                n_batches = len(loader)  # type: ignore[arg-type]
+            except TypeError:
+                n_batches = None
+            with tqdm(total=n_batches, desc=f"activations {path.name}", unit="batch", file=sys.stderr) as bar:
+                for acts, y in _iter_batches(model, loader, layers):
+                    b = acts[0].shape[0]
+                    if seen + b > total:
+                        raise ValueError(f"loader yielded more than the {total} images expected")
+                    if writers is None:
+                        writers = [_NpyAppender(parts / f"{name}.npy", (total, *a.shape[1:]))
+                                   for name, a in zip(names, acts)]
+                    for writer, a in zip(writers, acts):
+                        writer.append(a.detach().cpu().numpy())
+                    if labels is not None and y is not None:
+                        labels.extend(int(v) for v in y.reshape(-1).tolist())
+                    else:
+                        labels = None
+                    seen += b
+                    bar.update(1)
+            if seen != total:
+                raise ValueError(f"loader yielded {seen} images but {total} were expected")
+            shapes = {}
+            for name, writer in zip(names, writers or []):
+                writer.close()
+                shapes[name] = list(writer.shape)
 
-        if labels is not None and meta.get("labels") is not None:
-            given = [int(v) for v in meta["labels"]]
-            if given != labels:
-                where = next((i for i, (a, b) in enumerate(zip(given, labels)) if a != b), min(len(given), len(labels)))
-                raise UserError(f"the manifest's labels disagree with the data at image {where} "
-                                f"(manifest {given[where] if where < len(given) else 'none'}, data "
-                                f"{labels[where] if where < len(labels) else 'none'}); the manifest is stale, "
-                                "re-run the sample step")
-        params = list(model.parameters())
-        meta.setdefault("model", {"arch": model_arch(model)})
-        if labels is not None:
-            meta.setdefault("labels", labels)
-        meta.update(
-            format=FORMAT, format_version=FORMAT_VERSION, arrays=names, layer_indices=layers,
-            layer_names=layer_names(model, layers), n_blocks=n_blocks, shapes=shapes,
-            token_policy=TOKEN_POLICY, prefix_tokens_removed=_prefix_tokens_in_blocks(model), dtype="float32",
-            n_images=total, weights_hash=weights_hash(model),
-            device=str(params[0].device) if params else "cpu",
-            timm_version=timm.__version__, torch_version=torch.__version__, numpy_version=np.__version__,
-        )
-        with atomic_path(path) as tmp:
-            _assemble(tmp, parts, names, meta)
-    finally:
-        for writer in writers or []:
-            writer.close()
-        shutil.rmtree(parts, ignore_errors=True)
+            if labels is not None and meta.get("labels") is not None:
+                given = [int(v) for v in meta["labels"]]
+                if given != labels:
+                    where = next((i for i, (a, b) in enumerate(zip(given, labels)) if a != b), min(len(given), len(labels)))
+                    raise UserError(f"the manifest's labels disagree with the data at image {where} "
+                                    f"(manifest {given[where] if where < len(given) else 'none'}, data "
+                                    f"{labels[where] if where < len(labels) else 'none'}); the manifest is stale, "
+                                    "re-run the sample step")
+            params = list(model.parameters())
+            meta.setdefault("model", {"arch": model_arch(model)})
+            if labels is not None:
+                meta.setdefault("labels", labels)
+            meta.update(
+                format=FORMAT, format_version=FORMAT_VERSION, arrays=names, layer_indices=layers,
+                layer_names=layer_names(model, layers), n_blocks=n_blocks, shapes=shapes,
+                token_policy=TOKEN_POLICY, prefix_tokens_removed=_prefix_tokens_in_blocks(model), dtype="float32",
+                n_images=total, weights_hash=weights_hash(model),
+                device=str(params[0].device) if params else "cpu",
+                timm_version=timm.__version__, torch_version=torch.__version__, numpy_version=np.__version__,
+            )
+            with atomic_path(path) as tmp:
+                _assemble(tmp, parts, names, meta)
+        finally:
+            for writer in writers or []:
+                writer.close()
     return meta
 
 

@@ -16,7 +16,8 @@ with ``path`` relative to the run directory and ``epoch`` the number of complete
 initial random student). Every checkpoint's SHA-256 is checked first, then each one goes through exactly the
 teacher analysis: :func:`pipeline_steps.extract.run` (the model rebuilt from the file's own spec, as a
 ``weights.source: file`` model) and :func:`pipeline_steps.reduce.reduce_activations`, with the ``analysis``
-params. The activations live in a temporary directory beside ``--out`` and are deleted after reduction.
+params. The activations live in a temporary directory beside ``--out`` and are deleted after reduction (a killed
+run's directory is removed by the next run). The two tables are written together or not at all.
 
 Outputs:
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -130,17 +130,15 @@ def run(params: dict, run_dir: str | Path, out: str | Path, summary_out: str | P
     from tqdm import tqdm
 
     from . import extract
-    from ._io import write_parquet
+    from ._io import atomic_outputs, temporary_directory_beside
     from .models import load_checkpoint_spec
     from .reduce import reduce_activations
 
     run_id, checkpoints = read_checkpoints(run_dir)
     analysis = params["analysis"]
     out, summary_out = Path(out), Path(summary_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     values_parts, summary_parts = [], []
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
+    with temporary_directory_beside(out, ".tmp") as tmp:
         for c in tqdm(checkpoints, desc=f"evolution {run_id}", unit="ckpt", disable=not progress, file=sys.stderr):
             spec = load_checkpoint_spec(c["path"])  # {"arch", "kwargs", "weights": {"source": "file", "path"}}
             step_params = {**params, _MODEL_KEY: {"model": spec}}
@@ -157,12 +155,9 @@ def run(params: dict, run_dir: str | Path, out: str | Path, summary_out: str | P
 
     values = pd.concat(values_parts, ignore_index=True)
     summary = pd.concat(summary_parts, ignore_index=True)
-    write_parquet(out, values)
-    try:
-        write_parquet(summary_out, summary)
-    except BaseException:
-        out.unlink(missing_ok=True)  # both tables or neither
-        raise
+    with atomic_outputs(out, summary_out) as (values_tmp, summary_tmp):  # both tables or neither
+        values.to_parquet(values_tmp, index=False)
+        summary.to_parquet(summary_tmp, index=False)
     return values, summary
 
 

@@ -53,17 +53,17 @@ def style() -> Iterator[None]:
 
 
 def save_figure(fig: plt.Figure, out: str | Path, dpi: int = 150) -> list[Path]:
-    """Write ``fig`` as ``<stem>.pdf`` and ``<stem>.png`` (atomic), then close it."""
-    from ._io import atomic_path
+    """Write ``fig`` as ``<stem>.pdf`` and ``<stem>.png`` (both or neither: see ``_io.atomic_outputs``), then close it."""
+    from ._io import atomic_outputs
 
     out = Path(out)
-    written = []
-    for suffix in (".pdf", ".png"):
-        path = out.with_suffix(suffix)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix[1:])
-        written.append(path)
-    plt.close(fig)
+    written = [out.with_suffix(suffix) for suffix in (".pdf", ".png")]
+    try:
+        with atomic_outputs(*written) as temporaries:
+            for path, tmp in zip(written, temporaries):
+                fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix[1:])
+    finally:
+        plt.close(fig)
     return written
 
 

@@ -109,15 +109,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    from ._io import write_parquet
+    from ._io import atomic_outputs
 
     analysis = params["analysis"]
     values, summary = reduce_activations(
         args.activations, bins=analysis["bins"], range_policy=analysis["range_policy"],
         chunk_images=analysis["chunk_images"], model_label=args.model_label,
         checkpoint=args.checkpoint, epoch=args.epoch)
-    write_parquet(args.out, values)
-    write_parquet(args.summary, summary)
+    with atomic_outputs(args.out, args.summary) as (values_tmp, summary_tmp):  # both tables or neither
+        values.to_parquet(values_tmp, index=False)
+        summary.to_parquet(summary_tmp, index=False)
     entropy = summary.set_index("metric").loc["entropy"]
     print(f"{len(values)} rows -> {args.out}; entropy minimum at layer {entropy['argmin_layer']}, "
           f"drop {entropy['drop']:.3f}, rise {entropy['rise']:.3f}, U-shaped: {bool(entropy['u_shaped'])}")

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_path, write_text
+from ._io import atomic_outputs
 from .errors import UserError
 
 #: Method name of the baseline that ``delta_vs_softkd`` is measured against.
@@ -477,27 +477,31 @@ def table1_latex(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table1(df: pd.DataFrame, stem: str | os.PathLike) -> list[Path]:
-    """Write a :func:`table1` result as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``, each atomically.
+def write_table1(df: pd.DataFrame, stem: str | os.PathLike, *, metrics: bool = False) -> list[Path]:
+    """Write a :func:`table1` result as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``, all or none.
 
     The CSV keeps full precision (read it back with :func:`read_table1`); Markdown and LaTeX show
-    two decimals.
+    two decimals. The files are committed together (``_io.atomic_outputs``).
 
     Args:
         df: A :func:`table1` result.
         stem: Output path without suffix, e.g. ``results/tables/table1`` (dots in it are kept).
+        metrics: Also write ``<stem>.json``, the ``dvc metrics`` form (:func:`table1_metrics`).
 
     Returns:
-        The three written paths (csv, md, tex).
+        The written paths (csv, md, tex[, json]).
     """
     _check_table(df)
     # Appending (not with_suffix) keeps a stem such as "table1.v2" whole.
-    csv, md, tex = (Path(f"{os.fspath(stem)}{ext}") for ext in (".csv", ".md", ".tex"))
-    with atomic_path(csv) as tmp:
-        df[list(TABLE1_COLUMNS)].to_csv(tmp, index=False)
-    write_text(md, table1_markdown(df))
-    write_text(tex, table1_latex(df))
-    return [csv, md, tex]
+    exts = (".csv", ".md", ".tex", ".json") if metrics else (".csv", ".md", ".tex")
+    paths = [Path(f"{os.fspath(stem)}{ext}") for ext in exts]
+    with atomic_outputs(*paths) as temporaries:
+        df[list(TABLE1_COLUMNS)].to_csv(temporaries[0], index=False)
+        temporaries[1].write_text(table1_markdown(df))
+        temporaries[2].write_text(table1_latex(df))
+        if metrics:
+            temporaries[3].write_text(json.dumps(table1_metrics(df), indent=2, sort_keys=True) + "\n")
+    return paths
 
 
 def read_table1(path: str | os.PathLike) -> pd.DataFrame:
@@ -555,8 +559,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args, params: dict) -> None:
-    from ._io import write_json
-
     runs = grid_runs(params, args.runs_dir) if args.runs_dir else []
     if args.published_logs:
         runs += published_table1_runs(args.published_logs)
@@ -564,5 +566,4 @@ def main(args, params: dict) -> None:
         raise UserError("no runs to tabulate; pass --runs-dir results/runs (the config's grid) and/or "
                         "--published-logs DIR")
     df = table1(runs)
-    write_table1(df, args.out)
-    write_json(f"{os.fspath(args.out)}.json", table1_metrics(df))
+    write_table1(df, args.out, metrics=True)
