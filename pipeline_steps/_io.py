@@ -59,7 +59,9 @@ def output_error(paths: Sequence[str | os.PathLike], exc: OSError,
         cause = f"{blocker} is a file, not a directory"
         fix = "move it away or choose another output path"
     elif exc.errno == errno.EISDIR:
-        cause = f"{exc.filename or where} is a directory"
+        # os.replace names the temporary first and the output second
+        directory = exc.filename2 if getattr(exc, "filename2", None) is not None else exc.filename
+        cause = f"{directory if directory is not None and Path(directory) not in temporaries else where} is a directory"
         fix = "remove it or choose another output path"
     else:
         cause = exc.strerror or str(exc)
@@ -142,7 +144,7 @@ def _commit(temporaries: Sequence[Path], finals: Sequence[Path]) -> None:
     if len(finals) == 1:
         os.replace(temporaries[0], finals[0])
         return
-    backups: list[tuple[Path, Path | None]] = []  # (output, hard link to its previous content, or None)
+    committed: list[tuple[Path, Path | None]] = []  # (output, hard link to its previous content, or None)
     try:
         for tmp, final in zip(temporaries, finals):
             backup = None
@@ -153,17 +155,23 @@ def _commit(temporaries: Sequence[Path], finals: Sequence[Path]) -> None:
                     os.link(final, backup)  # the output stays in place: readers see old or new, never nothing
                 except OSError:
                     shutil.copy2(final, backup)
-            backups.append((final, backup))
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                if backup is not None:
+                    _discard(backup)  # this output is unchanged
+                raise
+            committed.append((final, backup))
     except BaseException:
-        for final, backup in reversed(backups):
-            if backup is not None:
-                os.replace(backup, final)
-                _LIVE.discard(backup)
-            else:
-                final.unlink(missing_ok=True)
+        for final, backup in reversed(committed):
+            with contextlib.suppress(OSError):  # best effort: put back as much as can be
+                if backup is not None:
+                    os.replace(backup, final)
+                    _LIVE.discard(backup)
+                else:
+                    final.unlink()
         raise
-    for _, backup in backups:
+    for _, backup in committed:
         if backup is not None:
             _discard(backup)
 

@@ -138,7 +138,9 @@ def run(params: dict, run_dir: str | Path, out: str | Path, summary_out: str | P
     analysis = params["analysis"]
     out, summary_out = Path(out), Path(summary_out)
     values_parts, summary_parts = [], []
-    with temporary_directory_beside(out, ".tmp") as tmp:
+    # The outputs are opened first, so one that cannot be written stops the step before the work.
+    with atomic_outputs(out, summary_out) as (values_tmp, summary_tmp), \
+            temporary_directory_beside(out, ".tmp") as tmp:
         for c in tqdm(checkpoints, desc=f"evolution {run_id}", unit="ckpt", disable=not progress, file=sys.stderr):
             spec = load_checkpoint_spec(c["path"])  # {"arch", "kwargs", "weights": {"source": "file", "path"}}
             step_params = {**params, _MODEL_KEY: {"model": spec}}
@@ -152,11 +154,9 @@ def run(params: dict, run_dir: str | Path, out: str | Path, summary_out: str | P
             npz.unlink()  # one checkpoint's activations on disk at a time
             values_parts.append(values.assign(run_id=run_id))
             summary_parts.append(summary.assign(run_id=run_id))
-
-    values = pd.concat(values_parts, ignore_index=True)
-    summary = pd.concat(summary_parts, ignore_index=True)
-    with atomic_outputs(out, summary_out) as (values_tmp, summary_tmp):  # both tables or neither
-        values.to_parquet(values_tmp, index=False)
+        values = pd.concat(values_parts, ignore_index=True)
+        summary = pd.concat(summary_parts, ignore_index=True)
+        values.to_parquet(values_tmp, index=False)  # both tables or neither
         summary.to_parquet(summary_tmp, index=False)
     return values, summary
 

@@ -112,11 +112,12 @@ def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from ._io import atomic_outputs
 
     analysis = params["analysis"]
-    values, summary = reduce_activations(
-        args.activations, bins=analysis["bins"], range_policy=analysis["range_policy"],
-        chunk_images=analysis["chunk_images"], model_label=args.model_label,
-        checkpoint=args.checkpoint, epoch=args.epoch)
-    with atomic_outputs(args.out, args.summary) as (values_tmp, summary_tmp):  # both tables or neither
+    # Opened first, so an output that cannot be written stops the step before the work; both tables or neither.
+    with atomic_outputs(args.out, args.summary) as (values_tmp, summary_tmp):
+        values, summary = reduce_activations(
+            args.activations, bins=analysis["bins"], range_policy=analysis["range_policy"],
+            chunk_images=analysis["chunk_images"], model_label=args.model_label,
+            checkpoint=args.checkpoint, epoch=args.epoch)
         values.to_parquet(values_tmp, index=False)
         summary.to_parquet(summary_tmp, index=False)
     entropy = summary.set_index("metric").loc["entropy"]
