@@ -1,4 +1,11 @@
-"""Shared fixtures: the repository root, a CLI runner, and tiny configs."""
+"""Shared fixtures: the repository root, a CLI runner, and tiny configs.
+
+Tests never depend on, read or write the user's results in the repository: every session runs in a
+scratch working directory (so a step's relative default, e.g. ``results/data/synthetic.npz``, points
+there), Snakemake and DVC run in scratch copies (tests/test_workflow.py), and :func:`users_files_untouched`
+checks at the end that ``results/``, ``.snakemake/``, ``dvc.lock`` and the other run state in the
+repository are as they were.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,39 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
+#: What running the pipeline in the repository writes there (the user's results and run state).
+USER_STATE = ("results", ".snakemake", "dvc.lock", "logs", "dvc_plots", ".dvc/cache", ".dvc/tmp")
+
+
+def user_state(root: Path = REPO) -> dict[str, tuple[str, int, int] | None]:
+    """Every entry of :data:`USER_STATE` under ``root``: relative path -> (kind, size, mtime_ns), None if absent."""
+    state: dict[str, tuple[str, int, int] | None] = {}
+    for name in USER_STATE:
+        top = root / name
+        if not top.exists() and not top.is_symlink():
+            state[name] = None
+            continue
+        for path in [top, *(sorted(top.rglob("*")) if top.is_dir() else [])]:
+            st = path.lstat()
+            kind = "dir" if path.is_dir() and not path.is_symlink() else "file"
+            state[path.relative_to(root).as_posix()] = (kind, st.st_size if kind == "file" else 0, st.st_mtime_ns)
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def users_files_untouched(tmp_path_factory):
+    """Run the session in a scratch directory and check that the user's results and run state are unchanged."""
+    before = user_state()
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+    after = user_state()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the tests changed the user's files in {REPO}: {changed[:10]}"
+
 
 def tool_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: the venv's tools first on PATH, a git identity, no colour."""
@@ -24,12 +64,15 @@ def tool_env(**extra: str) -> dict[str, str]:
     env.setdefault("GIT_COMMITTER_EMAIL", "tests@localhost")
     env["DVC_NO_ANALYTICS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # `python -m pipeline_steps` from any working directory imports this checkout's package.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
 
-def run_step(*args: str, cwd: Path | str = REPO, check: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python -m pipeline_steps <args>`` and capture its output."""
+def run_step(*args: str, cwd: Path | str | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m pipeline_steps <args>`` and capture its output (in the session's scratch directory,
+    unless ``cwd`` says otherwise)."""
     proc = subprocess.run([sys.executable, "-m", "pipeline_steps", *args], cwd=cwd, env=tool_env(),
                           capture_output=True, text=True)
     if check and proc.returncode != 0:
@@ -120,7 +163,7 @@ def kd_env() -> dict[str, str]:
 
 def start(cmd: list[str], **kwargs) -> subprocess.Popen:
     """Start a step with captured text output."""
-    return subprocess.Popen(cmd, cwd=REPO, env=kd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(cmd, env=kd_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **kwargs)
 
 

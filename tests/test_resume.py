@@ -25,7 +25,7 @@ from pipeline_steps._io import sha256_file
 from pipeline_steps.errors import EXIT_RETRY
 from pipeline_steps.models import read_weights_metadata
 
-from conftest import REPO, check_ok, finish, kd_env, run_all, start
+from conftest import check_ok, finish, kd_env, run_all, start
 
 SEED = int(os.environ.get("KD_KILL_SEED", random.SystemRandom().randrange(2**32)))
 RNG = random.Random(SEED)
@@ -48,7 +48,7 @@ def start_logged(cmd: list[str], log: Path) -> subprocess.Popen:
     """Start with output to files: a child polled for a while must never block on a full pipe."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
-        return subprocess.Popen(cmd, cwd=REPO, env=kd_env(), stdout=out, stderr=err)
+        return subprocess.Popen(cmd, env=kd_env(), stdout=out, stderr=err)
 
 
 def wait_for_states(proc: subprocess.Popen, run_dir: Path, n: int, log: Path, timeout: float = 240) -> list[float]:

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, tool_env
+from conftest import REPO, USER_STATE, tool_env
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +50,22 @@ def sh(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> sub
     return proc
 
 
-def scratch_copy(dst: Path, preset: str | None = "configs/smoke.yaml") -> Path:
-    """Copy the working tree's project files (tracked + untracked, not ignored) into a new git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+def project_files(src: Path = REPO) -> list[str]:
+    """The working tree's project files (tracked + untracked, not ignored), never the user's results or run
+    state (conftest.USER_STATE: results/, .snakemake/, dvc.lock, ...; dvc.lock is not ignored by git)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=src, capture_output=True,
                            text=True, check=True).stdout.split("\n")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
+    return [rel for rel in filter(None, files)
+            if not any(rel == name or rel.startswith(f"{name}/") for name in USER_STATE)]
+
+
+def scratch_copy(dst: Path, preset: str | None = "configs/smoke.yaml", src: Path = REPO) -> Path:
+    """Copy the project files of ``src`` (:func:`project_files`) into a new git repo."""
+    for rel in project_files(src):
+        src_file = src / rel
+        if src_file.is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+            shutil.copy2(src_file, dst / rel)
     if preset:
         shutil.copy(dst / preset, dst / "params.yaml")
     sh(["git", "init", "-q"], dst)
@@ -71,18 +78,48 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def test_snakemake_dry_run_plans_every_preset():
+@pytest.fixture(scope="module")
+def planning_copy(tmp_path_factory) -> Path:
+    """A scratch copy of the project as a clone has it (params.yaml the default), for dry runs: planning in
+    the repository itself would see the user's results and write its .snakemake/."""
+    return scratch_copy(tmp_path_factory.mktemp("plan"), preset=None)
+
+
+def planned_jobs(workdir: Path, *extra: str) -> int:
+    proc = sh(["snakemake", "-n", *extra], workdir)
+    total = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
+    assert total, proc.stdout[-2000:]
+    return int(total.group(1))
+
+
+def test_snakemake_dry_run_plans_every_preset(planning_copy):
     for preset, jobs in [(None, 37), ("configs/smoke.yaml", 19), ("configs/paper.yaml", 36)]:
-        extra = ["--configfile", preset] if preset else []
-        proc = sh(["snakemake", "-n", "--directory", str(REPO), *extra], REPO)
-        total = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
-        assert total and int(total.group(1)) == jobs, (preset, proc.stdout[-2000:])
+        assert planned_jobs(planning_copy, *(["--configfile", preset] if preset else [])) == jobs, preset
 
 
-def test_paper_preset_plans_table1_grid_without_mixing_in_the_default():
+def test_a_used_clone_is_planned_from_scratch(planning_copy, tmp_path):
+    """A clone where the pipeline has run (results/, .snakemake/, dvc.lock present) gives scratch copies
+    without them: the test suite plans and builds the same in a used clone as in a fresh one."""
+    used = shutil.copytree(planning_copy, tmp_path / "used", ignore=shutil.ignore_patterns(".git"))
+    sh(["git", "init", "-q"], used)
+    sh(["git", "add", "-A"], used)
+    sh(["git", "commit", "-qm", "clone"], used)
+    for rel in SMOKE_OUTPUTS:
+        (used / rel).parent.mkdir(parents=True, exist_ok=True)
+        (used / rel).write_text("an earlier run's output")
+    (used / ".snakemake" / "metadata").mkdir(parents=True, exist_ok=True)
+    (used / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / "copy").mkdir()
+    copy = scratch_copy(tmp_path / "copy", preset=None, src=used)
+    assert not any((copy / name).exists() for name in USER_STATE)
+    assert sorted(project_files(copy)) == sorted(project_files(planning_copy))
+    assert planned_jobs(copy) == 37
+
+
+def test_paper_preset_plans_table1_grid_without_mixing_in_the_default(planning_copy):
     """The paper preset replaces params.yaml (no deep merge: CaiT-S24 keeps its own architecture) and plans
     Table 1's 13 runs, each an 8-process torchrun job with its own epochs."""
-    proc = sh(["snakemake", "-n", "-p", "--directory", str(REPO), "--configfile", "configs/paper.yaml"], REPO)
+    proc = sh(["snakemake", "-n", "-p", "--configfile", "configs/paper.yaml"], planning_copy)
     runs = dict(re.findall(r"Distilling (\S+) \((\d+) epochs\)", proc.stdout))
     assert len(runs) == 13 and runs["softkd_500ep-s0"] == "500" and runs["spectralkd_f2l6-s0"] == "300", runs
     commands = [line for line in proc.stdout.splitlines() if " distill --config-json" in line]
