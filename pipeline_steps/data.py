@@ -295,6 +295,37 @@ def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, n
     return (mean / 255.0).astype(np.float32), (np.sqrt(var) / 255.0).astype(np.float32)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate: the system's available memory, capped by the cgroup
+    (container) limit; None where neither can be read (not Linux)."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:  # cgroup v2: the container's limit minus what it uses ("max" = no limit)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def _check_fits_in_memory(train_size: int, test_size: int, image_size: int) -> None:
+    """Refuse a dataset whose images cannot be held in memory, before allocating them."""
+    needed = (train_size + test_size) * image_size * image_size * 3  # uint8 HWC, both splits held at once
+    available = available_memory()
+    if available is not None and needed > available:
+        gib = 1 << 30
+        raise UserError(f"dataset.synthetic.train_size = {train_size} (with test_size = {test_size} at image_size = "
+                        f"{image_size}) needs {needed / gib:.1f} GiB of memory but {available / gib:.1f} GiB is "
+                        "available; lower dataset.synthetic.train_size (or test_size, image_size)")
+
+
 def generate_synthetic(num_classes: int = 10, image_size: int = 32, train_size: int = 30000,
                        test_size: int = 4000, seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """Generate the procedural shape dataset.
@@ -319,7 +350,7 @@ def generate_synthetic(num_classes: int = 10, image_size: int = 32, train_size: 
         generator version).
 
     Raises:
-        UserError: A setting out of range.
+        UserError: A setting out of range, or images that do not fit in the available memory.
     """
     settings = dict(num_classes=num_classes, image_size=image_size, train_size=train_size,
                     test_size=test_size, seed=seed)
@@ -334,6 +365,7 @@ def generate_synthetic(num_classes: int = 10, image_size: int = 32, train_size: 
         raise UserError("dataset.synthetic.train_size and test_size must be at least 1")
     if seed < 0:
         raise UserError(f"dataset.synthetic.seed = {seed} is negative; use a seed >= 0")
+    _check_fits_in_memory(train_size, test_size, image_size)
 
     train_images, train_labels = _generate_split(num_classes, image_size, train_size, seed, "train", progress)
     test_images, test_labels = _generate_split(num_classes, image_size, test_size, seed, "test", progress)

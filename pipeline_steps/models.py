@@ -116,9 +116,13 @@ def _build(arch: str, kwargs: Mapping[str, Any], *, pretrained: bool, name: str 
 
     try:
         return timm.create_model(name or arch, pretrained=pretrained, **kwargs)
-    except TypeError as exc:
-        # timm forwards kwargs to the model constructor; a bad key surfaces as a TypeError there.
-        raise UserError(f"model.kwargs not accepted by '{arch}': {exc}; check the model's kwargs") from None
+    except (TypeError, ValueError, AssertionError, ArithmeticError, RuntimeError) as exc:
+        # timm forwards kwargs to the model constructor, which rejects them in its own ways: a bad key is a
+        # TypeError, embed_dim not divisible by num_heads an AssertionError, num_heads 0 a ZeroDivisionError,
+        # a negative size a RuntimeError. The kwargs are the only input here, so each is the config's.
+        detail = str(exc).splitlines()[0] if str(exc) else "rejected"
+        raise UserError(f"model.kwargs {dict(kwargs)} not accepted by '{arch}' ({type(exc).__name__}: {detail}); "
+                        "check the model's kwargs (e.g. embed_dim must be divisible by num_heads)") from None
 
 
 def create_model(spec: Mapping[str, Any], *, weights_path: str | os.PathLike | None = None) -> torch.nn.Module:

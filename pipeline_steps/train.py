@@ -682,7 +682,10 @@ def train(
                     parts = model(images, targets, t_logits, t_feats or None)
                 loss = parts["loss"]
                 if not math.isfinite(loss.item()):
-                    raise RuntimeError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower the learning rate")
+                    # Diverged: the recipe's doing (almost always the learning rate), so a config error.
+                    raise UserError(f"training diverged: the loss is {loss.item()} at epoch {epoch + 1} step {step} "
+                                    f"with lr {recipe.lr:g}; lower the train.lr of this recipe (teacher.train or "
+                                    "distill.train) and run the step again")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert "Traceback" not in proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def assert_error_after_progress(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A fault met mid-work (a full disk): besides the step's progress bars, exactly the one error line."""
+    bar = re.compile(r".*\|.*\[\d+:\d+")  # a tqdm line: "desc:  40%|####  | 2/5 [00:01<00:01, ...]"
+    stripped = "\n".join(line for line in proc.stderr.splitlines() if not bar.match(line.strip()))
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, stripped), *fragments)
 
 
 @pytest.fixture

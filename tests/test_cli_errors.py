@@ -8,7 +8,7 @@ import pytest
 
 from pipeline_steps.models import create_model, save_weights
 
-from conftest import assert_one_line_error, run_step
+from conftest import assert_error_after_progress, assert_one_line_error, run_step
 
 TINY = {"arch": "vit_tiny_patch16_224",
         "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 10},
@@ -68,3 +68,54 @@ def test_image_size_that_does_not_match_the_model(sampled):
     proc, out = _extract(sampled, {**TINY, "kwargs": {**TINY["kwargs"], "img_size": 64}})
     assert_one_line_error(proc, "img_size")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ values the schema passes, the library does not
+
+def test_model_kwargs_that_timm_rejects_by_assertion(sampled):
+    proc, out = _extract(sampled, {**TINY, "kwargs": {**TINY["kwargs"], "embed_dim": 30, "num_heads": 4}})
+    assert_one_line_error(proc, "not accepted by 'vit_tiny_patch16_224'", "AssertionError",
+                          "dim should be divisible by num_heads", "check the model's kwargs")
+    assert not out.exists()
+
+
+def test_model_kwargs_that_timm_divides_by(sampled):
+    proc, out = _extract(sampled, {**TINY, "kwargs": {**TINY["kwargs"], "num_heads": 0}})
+    assert_one_line_error(proc, "not accepted by 'vit_tiny_patch16_224'", "ZeroDivisionError")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override, where", [
+    ({"sample": {"seed": 2**63}}, "sample.seed"),
+    ({"dataset": {"synthetic": {"seed": 2**64 + 1}}}, "dataset.synthetic.seed"),
+    ({"distill": {"seeds": [0, 2**32]}}, "distill.seeds.1"),
+    ({"teacher": {"train": {"seed": -1}}}, "teacher.train.seed"),
+])
+def test_seed_out_of_range(tmp_path, override, where):
+    """Seeds are 0 .. 2**32 - 1 (schema $defs/seed); beyond that numpy or torch would fail mid-step."""
+    out = tmp_path / "data.npz"
+    proc = run_step("generate-data", "--config-json", json.dumps(override), "--out", str(out))
+    assert_one_line_error(proc, f"'{where}'", "4294967295" if where != "teacher.train.seed" else "minimum of 0")
+    assert not out.exists()
+
+
+def test_learning_rate_so_large_the_loss_is_nan(sampled, tmp_path):
+    """A diverged training run is the recipe's fault: one error line (after the progress bar), exit 2."""
+    teacher = {"model": {**TINY, "weights": {"source": "train"}},
+               "train": {"epochs": 2, "batch_size": 10, "lr": 1e30, "warmup_epochs": 0, "device": "cpu",
+                         "num_workers": 0}}
+    cfg = json.dumps({**DATA, "teacher": teacher})
+    proc = run_step("train-teacher", "--config-json", cfg, "--data", str(sampled / "data.npz"), "--out-dir",
+                    str(tmp_path / "teacher"))
+    assert_error_after_progress(proc, "training diverged: the loss is nan", "lr 1e+30", "lower the train.lr")
+    assert not (tmp_path / "teacher" / "model.safetensors").exists()
+
+
+def test_dataset_that_cannot_fit_in_memory(tmp_path):
+    """Checked before allocating: 10**12 images of 256 px would need about 180 PiB."""
+    out = tmp_path / "data.npz"
+    cfg = json.dumps({"dataset": {"synthetic": {"train_size": 10**12, "image_size": 256}}})
+    proc = run_step("generate-data", "--config-json", cfg, "--out", str(out))
+    assert_one_line_error(proc, "dataset.synthetic.train_size = 1000000000000", "GiB of memory",
+                          "lower dataset.synthetic.train_size")
+    assert list(tmp_path.iterdir()) == []

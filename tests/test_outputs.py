@@ -20,22 +20,13 @@ import pytest
 from pipeline_steps._io import atomic_outputs, atomic_path, remove_stale_temporaries
 from pipeline_steps.errors import UserError
 
-from conftest import REPO, assert_one_line_error, run_step
+from conftest import REPO, assert_error_after_progress, assert_one_line_error, run_step
 
 TINY = {"arch": "vit_tiny_patch16_224",
         "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 10},
         "weights": {"source": "random", "seed": 0}}
 CONFIG = json.dumps({"dataset": {"kind": "synthetic", "synthetic": {"train_size": 20, "test_size": 40, "seed": 0}},
                      "sample": {"n_images": 8}, "teacher": {"model": TINY}})
-
-
-def assert_error_after_progress(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    """A fault met mid-work (a full disk): besides the step's progress bars, exactly the one error line."""
-    import re
-
-    bar = re.compile(r".*\|.*\[\d+:\d+")  # a tqdm line: "desc:  40%|####  | 2/5 [00:01<00:01, ...]"
-    stripped = "\n".join(line for line in proc.stderr.splitlines() if not bar.match(line.strip()))
-    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, stripped), *fragments)
 
 
 def hidden(directory: Path) -> list[str]:
