@@ -121,8 +121,8 @@ def _build(arch: str, kwargs: Mapping[str, Any], *, pretrained: bool, name: str 
         # TypeError, embed_dim not divisible by num_heads an AssertionError, num_heads 0 a ZeroDivisionError,
         # a negative size a RuntimeError. The kwargs are the only input here, so each is the config's.
         detail = str(exc).splitlines()[0] if str(exc) else "rejected"
-        raise UserError(f"model.kwargs {dict(kwargs)} not accepted by '{arch}' ({type(exc).__name__}: {detail}); "
-                        "check the model's kwargs (e.g. embed_dim must be divisible by num_heads)") from None
+        raise UserError(f"model.kwargs not accepted by '{arch}' ({type(exc).__name__}: {detail}); check the "
+                        f"model's kwargs {dict(kwargs)} (e.g. embed_dim must be divisible by num_heads)") from None
 
 
 def create_model(spec: Mapping[str, Any], *, weights_path: str | os.PathLike | None = None) -> torch.nn.Module:
