@@ -506,8 +506,9 @@ class RunDirectory:
             "objective": trainee.objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
         }
-        with atomic_path(stem.with_suffix(".state.pt")) as tmp:
-            torch.save(state, tmp)
+        # Through a Python file: torch.save to a path reports a full disk as an opaque RuntimeError.
+        with atomic_path(stem.with_suffix(".state.pt")) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
         for old in self.resume_dir.glob("step_*"):
             if not old.name.startswith(stem.name):
                 old.unlink(missing_ok=True)
