@@ -8,7 +8,7 @@ pattern), so a later run of the same step can recognise and remove the ones a ki
 Snakemake never runs two jobs with the same output at once, and a step writes each of its outputs from one
 process (rank 0 under torchrun).
 
-An operating-system error while writing an output (a read-only or missing directory, a parent that is a
+An operating-system error while writing an output (a read-only directory or filesystem, a parent that is a
 file, an output path that is a directory, a full disk) becomes a :class:`~pipeline_steps.errors.UserError`
 that names the output and the cause; errors of anything else (an input, a bug) pass through unchanged.
 """
@@ -55,13 +55,16 @@ def output_error(paths: Sequence[str | os.PathLike], exc: OSError,
         cause = os.strerror(exc.errno) if exc.errno in _DISK_FULL else os.strerror(errno.ENOSPC)
         fix = "free space on that filesystem (or choose an output path on another one) and run the step again"
     elif exc.errno in (errno.EEXIST, errno.ENOTDIR):
-        blocker = next((p for p in reversed(finals[0].parents) if p.exists() and not p.is_dir()), exc.filename)
+        blocker = next((p for final in finals for p in reversed(final.parents) if p.exists() and not p.is_dir()),
+                       exc.filename)
         cause = f"{blocker} is a file, not a directory"
         fix = "move it away or choose another output path"
     elif exc.errno == errno.EISDIR:
         # os.replace names the temporary first and the output second
         directory = exc.filename2 if getattr(exc, "filename2", None) is not None else exc.filename
-        cause = f"{directory if directory is not None and Path(directory) not in temporaries else where} is a directory"
+        if directory is None or Path(directory) in temporaries:
+            directory = where
+        cause = f"{directory} is a directory"
         fix = "remove it or choose another output path"
     else:
         cause = exc.strerror or str(exc)
@@ -69,8 +72,10 @@ def output_error(paths: Sequence[str | os.PathLike], exc: OSError,
             name = Path(os.fspath(exc.filename))
             if name not in finals and not any(name == t or t in name.parents for t in temporaries):
                 cause += f" ({name})"
-        fix = ("make its directory writable or choose another output path"
-               if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "check the output path and run the step again")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = "make its directory writable or choose another output path"
+        else:
+            fix = "check the output path and run the step again"
     return UserError(f"cannot write {where}: {cause}; {fix}")
 
 

@@ -191,7 +191,8 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
     Memory does not grow with the number of images: each batch is appended to per-layer ``.npy``
     files in a temporary directory beside ``path`` (plain writes: a writable memory map would keep
     every dirty page resident), which are then copied into the archive. On any
-    error nothing is left at ``path`` and the temporary files are removed. Progress (batches) is shown
+    error nothing is left at ``path`` and the temporary files are removed; those of a killed run are removed
+    by the next call for the same ``path``. Progress (batches) is shown
     on stderr.
 
     Args:
@@ -262,7 +263,8 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
             if labels is not None and meta.get("labels") is not None:
                 given = [int(v) for v in meta["labels"]]
                 if given != labels:
-                    where = next((i for i, (a, b) in enumerate(zip(given, labels)) if a != b), min(len(given), len(labels)))
+                    where = next((i for i, (a, b) in enumerate(zip(given, labels)) if a != b),
+                                 min(len(given), len(labels)))
                     raise UserError(f"the manifest's labels disagree with the data at image {where} "
                                     f"(manifest {given[where] if where < len(given) else 'none'}, data "
                                     f"{labels[where] if where < len(labels) else 'none'}); the manifest is stale, "

@@ -53,7 +53,7 @@ def style() -> Iterator[None]:
 
 
 def save_figure(fig: plt.Figure, out: str | Path, dpi: int = 150) -> list[Path]:
-    """Write ``fig`` as ``<stem>.pdf`` and ``<stem>.png`` (both or neither: see ``_io.atomic_outputs``), then close it."""
+    """Write ``fig`` as ``<stem>.pdf`` and ``<stem>.png`` (both or neither: ``_io.atomic_outputs``), then close it."""
     from ._io import atomic_outputs
 
     out = Path(out)
