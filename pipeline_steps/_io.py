@@ -118,9 +118,15 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _new_temporary(path: Path, suffix: str, directory: bool = False) -> Path:
-    """Create a fresh temporary beside ``path`` (after removing stale ones), with plain-open() permissions."""
+def _new_temporary(path: Path, suffix: str, directory: bool = False, created: list[Path] | None = None) -> Path:
+    """Create a fresh temporary beside ``path`` (after removing stale ones), with plain-open() permissions.
+
+    Directories made for it are appended to ``created`` (outermost first), for :func:`_remove_empty`.
+    """
+    missing = [p for p in reversed(path.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
+    if created is not None:
+        created.extend(missing)
     remove_stale_temporaries(path)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
@@ -134,6 +140,13 @@ def _new_temporary(path: Path, suffix: str, directory: bool = False) -> Path:
         os.chmod(tmp, 0o666 & ~umask)
     _LIVE.add(tmp)
     return tmp
+
+
+def _remove_empty(created: Sequence[Path]) -> None:
+    """Remove the directories a failed step made for its outputs, innermost first, if they are still empty."""
+    for directory in reversed(created):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _discard(tmp: Path) -> None:
@@ -203,12 +216,15 @@ def atomic_outputs(*paths: str | os.PathLike, suffixes: Sequence[str | None] | N
     finals = [Path(p) for p in paths]
     suffixes = list(suffixes) if suffixes is not None else [None] * len(finals)
     temporaries: list[Path] = []
+    created: list[Path] = []
+    committed = False
     try:
         try:
             for final, suffix in zip(finals, suffixes):
                 if final.is_dir():
                     raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(final))
-                temporaries.append(_new_temporary(final, suffix if suffix is not None else final.suffix))
+                temporaries.append(_new_temporary(final, suffix if suffix is not None else final.suffix,
+                                                  created=created))
         except OSError as exc:
             raise output_error(finals, exc) from None
         try:
@@ -221,9 +237,12 @@ def atomic_outputs(*paths: str | os.PathLike, suffixes: Sequence[str | None] | N
             _commit(temporaries, finals)
         except OSError as exc:
             raise output_error(finals, exc, temporaries) from None
+        committed = True
     finally:
         for tmp in temporaries:
             _discard(tmp)
+        if not committed:
+            _remove_empty(created)  # no output: not even the directories made for it
 
 
 @contextlib.contextmanager
@@ -245,9 +264,12 @@ def temporary_directory_beside(path: str | os.PathLike, suffix: str) -> Iterator
     """
     path = Path(path)
     tmp: Path | None = None
+    created: list[Path] = []
+    failed = True
     try:
-        tmp = _new_temporary(path, suffix, directory=True)
+        tmp = _new_temporary(path, suffix, directory=True, created=created)
         yield tmp
+        failed = False
     except OSError as exc:
         if tmp is None or _is_about(exc, [tmp]):
             raise output_error([path], exc, [tmp] if tmp is not None else []) from None
@@ -255,6 +277,8 @@ def temporary_directory_beside(path: str | os.PathLike, suffix: str) -> Iterator
     finally:
         if tmp is not None:
             _discard(tmp)
+        if failed:
+            _remove_empty(created)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -234,3 +234,13 @@ def test_read_only_output_directory(work, tmp_path):
         proc = reduce(work, out, ro / "summary.parquet")
         assert_one_line_error(proc, f"cannot write {out}", "Read-only file system",
                               "make its directory writable or choose another output path")
+
+
+def test_bad_input_leaves_no_output_directory(tmp_path):
+    """The reduce step opens its outputs before reading its input: a missing input leaves neither the tables
+    nor the directories made for them."""
+    out = tmp_path / "new" / "deeper" / "values.parquet"
+    proc = run_step("reduce", "--config-json", CONFIG, "--activations", str(tmp_path / "missing.npz"),
+                    "--out", str(out), "--summary", str(tmp_path / "new" / "summary.parquet"))
+    assert_one_line_error(proc, "activations file not found")
+    assert list(tmp_path.iterdir()) == []
