@@ -3,7 +3,10 @@
 Output (long format, one row per value): ``model, arch, checkpoint, epoch, layer (1-based),
 layer_name, metric (entropy | magnitude | spectrum), k (spectrum bin, else null), value,
 n_images, bins, range_policy, range_min, range_max, weights_hash, manifest_hash``; and a
-per-profile summary table (``argmin_layer``, ``drop``, ``rise``, ``u_shaped``, ...).
+per-profile summary table, one row per scalar metric: ``model, checkpoint, epoch, metric`` and
+:func:`pipeline_steps.metrics.profile_summary`'s ``argmin_layer`` (1-based), ``argmax_layer``, ``first``,
+``min``, ``max``, ``last``, ``drop``, ``rise``, ``shape``, ``u_shaped``, ``shape_tolerance``, ``shape_scale``
+(entropy is classified in bits, magnitude on log2: :data:`METRIC_SHAPE_SCALE`).
 
 Memory is independent of the number of images: the NPZ is read chunk by chunk in two passes
 (pass 1 finds the histogram range, pass 2 accumulates the three statistics).
@@ -21,12 +24,17 @@ from tqdm import tqdm
 
 SCALAR_METRICS = ("entropy", "magnitude")
 
+#: The scale each scalar metric's shape is read on, so that one tolerance means "changes by more than a
+#: factor 2**tol" for both (entropy is already a log2 quantity; magnitude is not).
+METRIC_SHAPE_SCALE = {"entropy": "linear", "magnitude": "log2"}
+
 
 def reduce_activations(
     npz_path: str | Path,
     *,
     bins: int = 100,
     range_policy: str = "global",
+    shape_tolerance: float,
     chunk_images: int = 64,
     model_label: str = "teacher",
     checkpoint: str = "final",
@@ -39,6 +47,7 @@ def reduce_activations(
         npz_path: Written by the extract step.
         bins: Entropy histogram bins.
         range_policy: ``"global"`` (one range over all layers, the paper's) or ``"per_layer"``.
+        shape_tolerance: Tolerance of the summary's shape classes (params ``analysis.shape_tolerance``).
         chunk_images: Images read at once (bounds memory).
         model_label: Value of the ``model`` column.
         checkpoint: Value of the ``checkpoint`` column (``final`` for a trained teacher).
@@ -93,7 +102,8 @@ def reduce_activations(
 
     summary = pd.DataFrame([
         {"model": model_label, "checkpoint": checkpoint, "epoch": epoch, "metric": metric,
-         **profile_summary(np.asarray(result[metric]))}
+         **profile_summary(np.asarray(result[metric]), tol=shape_tolerance,
+                           scale=METRIC_SHAPE_SCALE[metric])}
         for metric in SCALAR_METRICS
     ]).astype({"epoch": "Int64"})
     return values, summary
@@ -114,10 +124,11 @@ def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
     analysis = params["analysis"]
     values, summary = reduce_activations(
         args.activations, bins=analysis["bins"], range_policy=analysis["range_policy"],
-        chunk_images=analysis["chunk_images"], model_label=args.model_label,
-        checkpoint=args.checkpoint, epoch=args.epoch)
+        shape_tolerance=analysis["shape_tolerance"], chunk_images=analysis["chunk_images"],
+        model_label=args.model_label, checkpoint=args.checkpoint, epoch=args.epoch)
     write_parquet(args.out, values)
     write_parquet(args.summary, summary)
     entropy = summary.set_index("metric").loc["entropy"]
     print(f"{len(values)} rows -> {args.out}; entropy minimum at layer {entropy['argmin_layer']}, "
-          f"drop {entropy['drop']:.3f}, rise {entropy['rise']:.3f}, U-shaped: {bool(entropy['u_shaped'])}")
+          f"drop {entropy['drop']:.3f}, rise {entropy['rise']:.3f}, shape: {entropy['shape']} "
+          f"(tolerance {entropy['shape_tolerance']:g} bits)")
