@@ -135,7 +135,9 @@ def test_distillation_outputs(snakemake_run):
     assert list(table["label"]) == ["SoftKD", "ProjectorKD L1", "SpectralKD F1 L1"]
     assert table.loc[0, "delta_vs_softkd"] == 0.0
     metrics = json.loads((snakemake_run / "results/tables/table1.json").read_text())
-    assert set(metrics) == {"SoftKD", "ProjectorKD L1", "SpectralKD F1 L1"}
+    assert set(metrics) == {"this pipeline: SoftKD, 2 ep", "this pipeline: ProjectorKD L1, beta 0.2, 2 ep",
+                            "this pipeline: SpectralKD F1 L1, beta 0.2, 2 ep"}
+    assert set(table["source"]) == {"this pipeline"}
 
 
 def test_changing_one_grid_entry_retrains_only_that_run(snakemake_run):
