@@ -674,6 +674,19 @@ SHAPES = ("flat", "increasing", "decreasing", "u_shaped", "inverted_u", "other")
 SHAPE_SCALES = ("linear", "log2")
 
 
+def _profile_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A profile as a float64 vector, or a one-line error (no array repr: it could span lines)."""
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError("a profile must be a non-empty 1-D sequence of finite numbers; got non-numeric "
+                        f"{type(values).__name__}") from None
+    if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
+        raise UserError(f"a profile must be a non-empty 1-D sequence of finite values; got shape {v.shape} "
+                        f"with {int(np.sum(~np.isfinite(v)))} NaN or inf")
+    return v
+
+
 def _largest_descent(w: np.ndarray) -> float:
     """max over i <= j of w[i] - w[j] (0 for a non-decreasing sequence): the deepest fall anywhere."""
     return float(np.max(np.maximum.accumulate(w) - w))
@@ -733,13 +746,6 @@ def profile_shape(values: Sequence[float] | np.ndarray, *, tol: float) -> str:
     return "other"
 
 
-def _profile_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
-        raise UserError(f"a profile must be a non-empty 1-D sequence of finite values, got {values!r}")
-    return v
-
-
 def profile_summary(values: Sequence[float] | np.ndarray, *, tol: float, scale: str = "linear") -> dict[str, Any]:
     """Shape of a per-layer profile (entropy, magnitude, ...): where it bottoms out, by how much, and its class.
 
@@ -776,7 +782,7 @@ def profile_summary(values: Sequence[float] | np.ndarray, *, tol: float, scale: 
     if scale not in SHAPE_SCALES:
         raise UserError(f"shape scale must be one of {', '.join(SHAPE_SCALES)}, got {scale!r}")
     if scale == "log2" and not np.all(v > 0):
-        raise UserError(f"a profile read on a log2 scale must be positive, got {values!r}")
+        raise UserError(f"a profile read on a log2 scale must be positive; its minimum is {v.min():g}")
     shape = profile_shape(np.log2(v) if scale == "log2" else v, tol=tol)
     i_min, i_max = int(np.argmin(v)), int(np.argmax(v))
     first, low, last = float(v[0]), float(v[i_min]), float(v[-1])

@@ -563,12 +563,13 @@ def read_table1(path: str | os.PathLike) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ CLI
 
 def grid_runs(params: dict, runs_dir: str | os.PathLike) -> list[RunSpec]:
-    """RunSpecs for the config's distillation grid, reading ``<runs_dir>/<run id>/log.txt``."""
+    """RunSpecs for the config's distillation grid (source :data:`SOURCE_PIPELINE`), reading
+    ``<runs_dir>/<run id>/log.txt``."""
     from .config import FEATURE_METHODS, METHOD_NAMES, distill_runs, layers_text
 
     return [RunSpec(method=METHOD_NAMES[run.method], layers=layers_text(run.layers),
                     beta=run.beta if run.method in FEATURE_METHODS else None, epochs=run.epochs, seed=run.seed,
-                    log_path=Path(runs_dir) / run.run_id / "log.txt", label=run.label)
+                    log_path=Path(runs_dir) / run.run_id / "log.txt", label=run.label, source=SOURCE_PIPELINE)
             for run in distill_runs(params)]
 
 
