@@ -265,6 +265,7 @@ RULE_PARAMS: dict[str, tuple[str, ...]] = {
     "evolution": ("dataset", "analysis"),
     "fig_evolution": ("figures.dpi", "figures.title", "distill.runs", "distill.seeds"),
     "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
+    "headline": (),
 }
 
 

@@ -16,6 +16,8 @@ Run directory (``out_dir``)::
     model.safetensors                final weights (written last: its presence means the run finished)
     best.safetensors                 weights of the best test top-1 epoch
     checkpoints.json                 the kept checkpoints (epoch, path, sha256), for the evolution analysis
+    environment.json                 what each attempt (start, resume) computed with: versions, device, CPU
+                                     vector ISA, threads, processes (:mod:`environment`)
     checkpoints/epoch_NNNN.safetensors   weights after NNNN epochs: 0, every ``checkpoint_every``, the last
     resume/step_NNNNNNNNN.{safetensors,state.pt}   the newest training state (weights + optimizer,
                                      scheduler, scaler, objective, RNG, log rows, position in the epoch)
@@ -61,6 +63,7 @@ from tqdm import tqdm
 
 from ._io import atomic_path, sha256_file, write_json, write_text
 from .config import recipe_augments
+from .environment import describe
 from .errors import Interrupted, UserError
 from .losses import AUTHORS_LOG_NAMES, DistillMethod, build_method, order_features
 
@@ -456,6 +459,8 @@ class Position:
     rows: list[dict[str, Any]] = field(default_factory=list)
     best_acc1: float = -1.0
     kept: list[dict[str, Any]] = field(default_factory=list)
+    #: One :func:`environment.describe` record per attempt (start or resume) of the run, with where it began.
+    environments: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RunDirectory:
@@ -489,6 +494,11 @@ class RunDirectory:
                               "sha256": sha256_file(path)})
         self.write_manifest(position)
 
+    def write_environments(self, position: Position) -> None:
+        """environment.json: what each attempt of the run computed with (see :mod:`environment`)."""
+        write_json(self.path / "environment.json", {"run_id": self.metadata.get("run_id", self.path.name),
+                                                    "attempts": position.environments})
+
     def write_manifest(self, position: Position) -> None:
         write_json(self.path / "checkpoints.json", {"run_id": self.metadata.get("run_id", self.path.name),
                                                    "epochs": self.metadata.get("epochs"),
@@ -502,7 +512,7 @@ class RunDirectory:
         state = {
             "fingerprint": self.fingerprint, "weights_sha256": sha256_file(weights), "step": step,
             "epoch": position.epoch, "batch": position.batch, "sums": position.sums, "rows": position.rows,
-            "best_acc1": position.best_acc1, "kept": position.kept,
+            "best_acc1": position.best_acc1, "kept": position.kept, "environments": position.environments,
             "objective": trainee.objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
         }
@@ -651,7 +661,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         position = Position(epoch=state["epoch"], batch=state["batch"], sums=state["sums"], rows=state["rows"],
-                            best_acc1=state["best_acc1"], kept=state["kept"])
+                            best_acc1=state["best_acc1"], kept=state["kept"],
+                            environments=state.get("environments", []))
         step = state["step"]
         if position.batch:
             _set_rng_state(state["rng"])
@@ -659,6 +670,11 @@ def train(
             tqdm.write(f"{run.path}: resuming at epoch {position.epoch} batch {position.batch}")
     elif procs.main:
         run.keep_checkpoint(student, 0, position)
+    if position.epoch < recipe.epochs:  # an attempt that trains (a finished run run again only rewrites)
+        position.environments.append({"from_epoch": position.epoch, "from_batch": position.batch,
+                                      **describe(device, procs.world)})
+    if procs.main:
+        run.write_environments(position)
     model = nn.parallel.DistributedDataParallel(trainee) if procs.world > 1 else trainee
 
     with _TermFlag() as term:
@@ -714,7 +730,7 @@ def train(
             seconds = time.perf_counter() - start
             n_batches = position.batch
             position = Position(epoch=epoch + 1, rows=position.rows, best_acc1=position.best_acc1,
-                                kept=position.kept)
+                                kept=position.kept, environments=position.environments)
             if procs.main:
                 test = evaluate(student, test_loader, device, autocast)
                 row = {"train_lr": sums["lr"] / n_batches, "train_loss": sums["loss"] / n_batches}
