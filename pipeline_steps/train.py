@@ -325,7 +325,7 @@ def compute_teacher_cache(model: nn.Module, dataset: Dataset, layers: Sequence[i
 class Trainee(nn.Module):
     """The student and its objective as one module: what DDP wraps, what the optimizer and checkpoints see.
 
-    The objective's trainable parameters (ProjectorKD's projector and BN) are parameters of this module, so
+    The objective's trainable parameters (ProjectorKD's projectors) are parameters of this module, so
     they are optimised, averaged across ranks and saved with the student.
     """
 
