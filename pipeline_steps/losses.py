@@ -714,11 +714,12 @@ class ProjectorKD(_ProjectedKD):
     (affine BatchNorm on the projected student map AND on the teacher map) has exactly that: both BN scales
     -> 0 with equal shifts gives a zero loss for any student. Trained with this loop's AdamW groups (1-D BN
     scales get no weight decay) on the 16 -> 32 channel toy of tests/test_losses.py, the scales fell from
-    1.0 to 0.022 in 3,000 steps and the feature loss to 2e-7, where the least-squares optimum is 0.457. Here the only learnable part is the projector, so the best the method
-    can do is the least-squares regression of the target on the student map (with intercept), and the
-    loss only falls when the student's features explain the teacher's (tests/test_losses.py checks the
-    optimum). The student side needs no normalisation of its own: the projector's weight and bias are an
-    arbitrary affine map, so a BN there would add nothing the regression could not already do.
+    1.0 to 0.022 in 3,000 steps and the feature loss to 2e-7, where the least-squares optimum is 0.457.
+    Here the only learnable part is the projector, so the best the method can do is the least-squares
+    regression of the target on the student map (with intercept), and the loss only falls when the
+    student's features explain the teacher's (tests/test_losses.py checks the optimum). The student side
+    needs no normalisation of its own: the projector's weight and bias are an arbitrary affine map, so a BN
+    there would add nothing the regression could not already do.
 
     ``target="standardized"`` (default): the teacher map is standardised per channel with batch
     statistics (:func:`standardize_channels`, no parameters, no running statistics, the same in train and
