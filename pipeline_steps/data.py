@@ -522,7 +522,7 @@ def _list_images(directory: Path, classes: Sequence[str]) -> list[tuple[Path, in
 
 
 class ImageFolderDataset(Dataset):
-    """An ImageNet-style split folder (``root/split_dir/<class>/<image>``) with the analysis preprocessing.
+    """An ImageNet-style split folder (``root/split_dir/<class>/<image>``) with a fixed preprocessing.
 
     Classes and images are in torchvision ``ImageFolder`` order (classes sorted; files sorted, walking
     sub-folders), so label indices match ``ImageFolder`` and "the first N" is the first N of class 0 (the
@@ -531,13 +531,16 @@ class ImageFolderDataset(Dataset):
     Args:
         root: Dataset root; ids are image paths relative to it (e.g. ``val/n01440764/x.JPEG``).
         split_dir: Split folder under ``root`` (e.g. ``val``).
-        preprocess: ``dataset.preprocess`` params: ``resize``, ``crop``, ``interpolation``, ``mean``, ``std``.
+        preprocess: ``resize``, ``crop``, ``interpolation``, ``mean``, ``std``: ``dataset.preprocess`` (the
+            analysis) or ``dataset.eval_preprocess`` (training and evaluation).
+        key: The params key ``preprocess`` came from (named in error messages).
 
     Raises:
         UserError: The folder is missing or empty, has no class folders, or a class folder has no images.
     """
 
-    def __init__(self, root: str | os.PathLike, split_dir: str, preprocess: Mapping[str, Any]) -> None:
+    def __init__(self, root: str | os.PathLike, split_dir: str, preprocess: Mapping[str, Any],
+                 key: str = "dataset.preprocess") -> None:
         self.root = Path(root)
         self.directory = self.root / split_dir
         fix = "set dataset.imagefolder.root (and train_dir / val_dir) to an ImageNet-style folder"
@@ -560,7 +563,7 @@ class ImageFolderDataset(Dataset):
         self.preprocess = {"resize": 256, "crop": 224, "interpolation": "bilinear", "mean": list(IMAGENET_MEAN),
                            "std": list(IMAGENET_STD), **preprocess}
         if self.preprocess["interpolation"] not in ("bilinear", "bicubic", "nearest"):
-            raise UserError(f"dataset.preprocess.interpolation '{self.preprocess['interpolation']}' is unknown; "
+            raise UserError(f"{key}.interpolation '{self.preprocess['interpolation']}' is unknown; "
                             "use bilinear, bicubic or nearest")
 
     @functools.cached_property
@@ -609,16 +612,26 @@ class ImageFolderDataset(Dataset):
         return self.transform(img), self.labels[index], sha256_bytes(data)
 
 
-def open_dataset(params: Mapping[str, Any], split: str, *,
-                 synthetic_path: str | os.PathLike = SYNTHETIC_PATH) -> SyntheticDataset | ImageFolderDataset:
-    """The analysis dataset named by ``params["dataset"]`` (a validated config).
+#: ``open_dataset``'s ``preprocessing`` -> the params key of the ImageFolder transform it selects.
+_PREPROCESSING_KEYS = {"analysis": "preprocess", "evaluation": "eval_preprocess"}
+
+
+def open_dataset(params: Mapping[str, Any], split: str, *, synthetic_path: str | os.PathLike = SYNTHETIC_PATH,
+                 preprocessing: str = "analysis") -> SyntheticDataset | ImageFolderDataset:
+    """The dataset named by ``params["dataset"]`` (a validated config).
 
     Args:
         params: The validated config.
         split: ``"train"`` or ``"test"`` (for imagefolder data: ``train_dir`` or ``val_dir``).
         synthetic_path: The generated NPZ, for ``dataset.kind: synthetic``.
+        preprocessing: Which transform imagefolder images get: ``"analysis"`` (``dataset.preprocess``, the
+            paper's analysis preprocessing: sample, extract, evolution) or ``"evaluation"``
+            (``dataset.eval_preprocess``, DeiT's evaluation transform: training and scoring models).
+            Synthetic images are only normalised either way.
     """
     _split_id(split)
+    if preprocessing not in _PREPROCESSING_KEYS:
+        raise ValueError(f"preprocessing must be one of {sorted(_PREPROCESSING_KEYS)}, got {preprocessing!r}")
     ds = params["dataset"]
     if ds["kind"] == "synthetic":
         return SyntheticDataset(synthetic_path, split)
@@ -628,7 +641,8 @@ def open_dataset(params: Mapping[str, Any], split: str, *,
             raise UserError("dataset.kind is 'imagefolder' but dataset.imagefolder.root is not set; set it to "
                             "your ImageNet-style directory")
         split_dir = folder.get("train_dir", "train") if split == "train" else folder.get("val_dir", "val")
-        return ImageFolderDataset(folder["root"], split_dir, ds.get("preprocess", {}))
+        key = _PREPROCESSING_KEYS[preprocessing]
+        return ImageFolderDataset(folder["root"], split_dir, ds.get(key, {}), key=f"dataset.{key}")
     raise UserError(f"unknown dataset.kind '{ds['kind']}'; use synthetic or imagefolder")
 
 
