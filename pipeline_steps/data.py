@@ -8,10 +8,12 @@ Three parts:
   correctly rounded element-wise arithmetic (no ``sin``/``exp``, no BLAS, no reductions), so the arrays are
   byte-identical on any machine and for any chunking (given numpy's Generator streams, which a golden-hash
   test pins).
-* **Datasets for analysis** (:class:`SyntheticDataset`, :class:`ImageFolderDataset`, :func:`open_dataset`):
-  torch Datasets returning ``(float32 tensor [3, H, W], int label)`` with stable ``ids``, ``labels`` and
-  ``classes``. Both also offer ``content_hash(index)`` and ``load(index) -> (tensor, label, hash)``, which
-  the sample manifest and :class:`ManifestDataset` build on.
+* **Datasets** (:class:`SyntheticDataset`, :class:`ImageFolderDataset`, :func:`open_dataset`): torch
+  Datasets returning ``(float32 tensor [3, H, W], int label)`` with stable ``ids``, ``labels`` and
+  ``classes``. ImageFolder images get the analysis preprocessing (``dataset.preprocess``) or, for training
+  and scoring models, DeiT's evaluation transform (``dataset.eval_preprocess``). Both datasets also offer
+  ``content_hash(index)`` and ``load(index) -> (tensor, label, hash)``, which the sample manifest and
+  :class:`ManifestDataset` build on.
 * **Sample manifests** (:func:`sample_manifest`, :func:`manifest_hash`, :class:`ManifestDataset`): which
   images the analysis runs on, in which order, with a content hash per image so a changed image is caught
   instead of silently analysed.
@@ -560,8 +562,12 @@ class ImageFolderDataset(Dataset):
         self.paths: list[Path] = [path for path, _ in samples]
         self.labels: list[int] = [label for _, label in samples]
         self.ids: list[str] = [p.relative_to(self.root).as_posix() for p in self.paths]
-        self.preprocess = {"resize": 256, "crop": 224, "interpolation": "bilinear", "mean": list(IMAGENET_MEAN),
-                           "std": list(IMAGENET_STD), **preprocess}
+        # No fallbacks here: the two transforms have different defaults, stated once, in the params schema.
+        missing = sorted({"resize", "crop", "interpolation", "mean", "std"} - set(preprocess))
+        if missing:
+            raise UserError(f"{key} lacks {', '.join(missing)}; pass a validated config "
+                            "(pipeline_steps.config.validate_params fills the defaults)")
+        self.preprocess = dict(preprocess)
         if self.preprocess["interpolation"] not in ("bilinear", "bicubic", "nearest"):
             raise UserError(f"{key}.interpolation '{self.preprocess['interpolation']}' is unknown; "
                             "use bilinear, bicubic or nearest")
@@ -642,7 +648,7 @@ def open_dataset(params: Mapping[str, Any], split: str, *, synthetic_path: str |
                             "your ImageNet-style directory")
         split_dir = folder.get("train_dir", "train") if split == "train" else folder.get("val_dir", "val")
         key = _PREPROCESSING_KEYS[preprocessing]
-        return ImageFolderDataset(folder["root"], split_dir, ds.get(key, {}), key=f"dataset.{key}")
+        return ImageFolderDataset(folder["root"], split_dir, ds[key], key=f"dataset.{key}")
     raise UserError(f"unknown dataset.kind '{ds['kind']}'; use synthetic or imagefolder")
 
 

@@ -242,6 +242,9 @@ def test_paper_preset_analysis_and_evaluation_transforms(tmp_path):
     (jitter,) = [t for t in training_steps(params, randaugment=None) if isinstance(t, T.ColorJitter)]
     for factor in (jitter.brightness, jitter.contrast, jitter.saturation):
         assert factor == pytest.approx((0.6, 1.4))
+    # No silent fallback to either transform's defaults: an incomplete one is named.
+    with pytest.raises(UserError, match="dataset.eval_preprocess lacks interpolation, mean, resize, std"):
+        ImageFolderDataset(root, "val", {"crop": 224}, key="dataset.eval_preprocess")
     # The training crop, mean and std follow dataset.eval_preprocess (not the analysis preprocessing).
     params["dataset"]["eval_preprocess"] = {**params["dataset"]["eval_preprocess"], "crop": 160,
                                             "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
