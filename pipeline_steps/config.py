@@ -246,23 +246,29 @@ def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] 
     return validate_params(params)
 
 
+#: The dataset params of steps that train or score models (DeiT's evaluation transform for imagefolder data).
+TRAINING_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolder", "dataset.eval_preprocess")
+#: The dataset params of steps that analyse activations (the paper's analysis preprocessing).
+ANALYSIS_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolder", "dataset.preprocess")
+
 #: The params each rule reads (dotted keys). Snakemake rules pass exactly these to their step (so
 #: its params rerun-trigger sees them) and every dvc.yaml stage lists the same keys; a test checks
 #: that the two agree.
 RULE_PARAMS: dict[str, tuple[str, ...]] = {
     "generate_data": ("dataset.kind", "dataset.synthetic"),
     "sample": ("dataset.kind", "dataset.imagefolder", "sample"),
-    "train_teacher": ("dataset", "teacher.model", "teacher.train"),
-    "extract": ("dataset", "teacher.model", "analysis.batch_size", "analysis.layers"),
+    "train_teacher": (*TRAINING_DATA_PARAMS, "teacher.model", "teacher.train"),
+    "extract": (*ANALYSIS_DATA_PARAMS, "teacher.model", "analysis.batch_size", "analysis.layers"),
     "reduce": ("teacher.name", "analysis.bins", "analysis.range_policy", "analysis.chunk_images",
                "analysis.shape_tolerance"),
     "fig_entropy": ("figures.dpi", "figures.title"),
     "fig_magnitude": ("figures.dpi", "figures.title"),
     "fig_spectra": ("figures.dpi", "figures.title", "figures.spectra_layers"),
     "fig_spectra_all": ("figures.dpi", "figures.title"),
-    "teacher_cache": ("dataset", "teacher.model", "student.model", "distill.runs", "distill.train.device"),
-    "distill": ("dataset", "teacher.model", "student.model", "distill"),
-    "evolution": ("dataset", "analysis"),
+    "teacher_cache": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill.runs",
+                      "distill.train.device"),
+    "distill": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill"),
+    "evolution": (*ANALYSIS_DATA_PARAMS, "analysis"),
     "fig_evolution": ("figures.dpi", "figures.title", "distill.runs", "distill.seeds"),
     "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
     "headline": (),

@@ -8,10 +8,12 @@ Three parts:
   correctly rounded element-wise arithmetic (no ``sin``/``exp``, no BLAS, no reductions), so the arrays are
   byte-identical on any machine and for any chunking (given numpy's Generator streams, which a golden-hash
   test pins).
-* **Datasets for analysis** (:class:`SyntheticDataset`, :class:`ImageFolderDataset`, :func:`open_dataset`):
-  torch Datasets returning ``(float32 tensor [3, H, W], int label)`` with stable ``ids``, ``labels`` and
-  ``classes``. Both also offer ``content_hash(index)`` and ``load(index) -> (tensor, label, hash)``, which
-  the sample manifest and :class:`ManifestDataset` build on.
+* **Datasets** (:class:`SyntheticDataset`, :class:`ImageFolderDataset`, :func:`open_dataset`): torch
+  Datasets returning ``(float32 tensor [3, H, W], int label)`` with stable ``ids``, ``labels`` and
+  ``classes``. ImageFolder images get the analysis preprocessing (``dataset.preprocess``) or, for training
+  and scoring models, DeiT's evaluation transform (``dataset.eval_preprocess``). Both datasets also offer
+  ``content_hash(index)`` and ``load(index) -> (tensor, label, hash)``, which the sample manifest and
+  :class:`ManifestDataset` build on.
 * **Sample manifests** (:func:`sample_manifest`, :func:`manifest_hash`, :class:`ManifestDataset`): which
   images the analysis runs on, in which order, with a content hash per image so a changed image is caught
   instead of silently analysed.
@@ -522,7 +524,7 @@ def _list_images(directory: Path, classes: Sequence[str]) -> list[tuple[Path, in
 
 
 class ImageFolderDataset(Dataset):
-    """An ImageNet-style split folder (``root/split_dir/<class>/<image>``) with the analysis preprocessing.
+    """An ImageNet-style split folder (``root/split_dir/<class>/<image>``) with a fixed preprocessing.
 
     Classes and images are in torchvision ``ImageFolder`` order (classes sorted; files sorted, walking
     sub-folders), so label indices match ``ImageFolder`` and "the first N" is the first N of class 0 (the
@@ -531,13 +533,16 @@ class ImageFolderDataset(Dataset):
     Args:
         root: Dataset root; ids are image paths relative to it (e.g. ``val/n01440764/x.JPEG``).
         split_dir: Split folder under ``root`` (e.g. ``val``).
-        preprocess: ``dataset.preprocess`` params: ``resize``, ``crop``, ``interpolation``, ``mean``, ``std``.
+        preprocess: ``resize``, ``crop``, ``interpolation``, ``mean``, ``std``: ``dataset.preprocess`` (the
+            analysis) or ``dataset.eval_preprocess`` (training and evaluation).
+        key: The params key ``preprocess`` came from (named in error messages).
 
     Raises:
         UserError: The folder is missing or empty, has no class folders, or a class folder has no images.
     """
 
-    def __init__(self, root: str | os.PathLike, split_dir: str, preprocess: Mapping[str, Any]) -> None:
+    def __init__(self, root: str | os.PathLike, split_dir: str, preprocess: Mapping[str, Any],
+                 key: str = "dataset.preprocess") -> None:
         self.root = Path(root)
         self.directory = self.root / split_dir
         fix = "set dataset.imagefolder.root (and train_dir / val_dir) to an ImageNet-style folder"
@@ -557,10 +562,14 @@ class ImageFolderDataset(Dataset):
         self.paths: list[Path] = [path for path, _ in samples]
         self.labels: list[int] = [label for _, label in samples]
         self.ids: list[str] = [p.relative_to(self.root).as_posix() for p in self.paths]
-        self.preprocess = {"resize": 256, "crop": 224, "interpolation": "bilinear", "mean": list(IMAGENET_MEAN),
-                           "std": list(IMAGENET_STD), **preprocess}
+        # No fallbacks here: the two transforms have different defaults, stated once, in the params schema.
+        missing = sorted({"resize", "crop", "interpolation", "mean", "std"} - set(preprocess))
+        if missing:
+            raise UserError(f"{key} lacks {', '.join(missing)}; pass a validated config "
+                            "(pipeline_steps.config.validate_params fills the defaults)")
+        self.preprocess = dict(preprocess)
         if self.preprocess["interpolation"] not in ("bilinear", "bicubic", "nearest"):
-            raise UserError(f"dataset.preprocess.interpolation '{self.preprocess['interpolation']}' is unknown; "
+            raise UserError(f"{key}.interpolation '{self.preprocess['interpolation']}' is unknown; "
                             "use bilinear, bicubic or nearest")
 
     @functools.cached_property
@@ -609,16 +618,26 @@ class ImageFolderDataset(Dataset):
         return self.transform(img), self.labels[index], sha256_bytes(data)
 
 
-def open_dataset(params: Mapping[str, Any], split: str, *,
-                 synthetic_path: str | os.PathLike = SYNTHETIC_PATH) -> SyntheticDataset | ImageFolderDataset:
-    """The analysis dataset named by ``params["dataset"]`` (a validated config).
+#: ``open_dataset``'s ``preprocessing`` -> the params key of the ImageFolder transform it selects.
+_PREPROCESSING_KEYS = {"analysis": "preprocess", "evaluation": "eval_preprocess"}
+
+
+def open_dataset(params: Mapping[str, Any], split: str, *, synthetic_path: str | os.PathLike = SYNTHETIC_PATH,
+                 preprocessing: str = "analysis") -> SyntheticDataset | ImageFolderDataset:
+    """The dataset named by ``params["dataset"]`` (a validated config).
 
     Args:
         params: The validated config.
         split: ``"train"`` or ``"test"`` (for imagefolder data: ``train_dir`` or ``val_dir``).
         synthetic_path: The generated NPZ, for ``dataset.kind: synthetic``.
+        preprocessing: Which transform imagefolder images get: ``"analysis"`` (``dataset.preprocess``, the
+            paper's analysis preprocessing: sample, extract, evolution) or ``"evaluation"``
+            (``dataset.eval_preprocess``, DeiT's evaluation transform: training and scoring models).
+            Synthetic images are only normalised either way.
     """
     _split_id(split)
+    if preprocessing not in _PREPROCESSING_KEYS:
+        raise ValueError(f"preprocessing must be one of {sorted(_PREPROCESSING_KEYS)}, got {preprocessing!r}")
     ds = params["dataset"]
     if ds["kind"] == "synthetic":
         return SyntheticDataset(synthetic_path, split)
@@ -628,7 +647,8 @@ def open_dataset(params: Mapping[str, Any], split: str, *,
             raise UserError("dataset.kind is 'imagefolder' but dataset.imagefolder.root is not set; set it to "
                             "your ImageNet-style directory")
         split_dir = folder.get("train_dir", "train") if split == "train" else folder.get("val_dir", "val")
-        return ImageFolderDataset(folder["root"], split_dir, ds.get("preprocess", {}))
+        key = _PREPROCESSING_KEYS[preprocessing]
+        return ImageFolderDataset(folder["root"], split_dir, ds[key], key=f"dataset.{key}")
     raise UserError(f"unknown dataset.kind '{ds['kind']}'; use synthetic or imagefolder")
 
 

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import SYNTHETIC_PATH, DistillRun, distill_run, select, uses_teacher_cache
+from .config import SYNTHETIC_PATH, TRAINING_DATA_PARAMS, DistillRun, distill_run, select, uses_teacher_cache
 from .errors import UserError
 
 
@@ -89,8 +89,8 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
 
     spec = distill_run(params, run_id)
     recipe = Recipe.from_params(params["distill"]["train"], seed=spec.seed, epochs=spec.epochs)
-    train_set = open_dataset(params, "train", synthetic_path=synthetic_path)
-    test_set = open_dataset(params, "test", synthetic_path=synthetic_path)
+    train_set = open_dataset(params, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
+    test_set = open_dataset(params, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
     teacher = create_model(teacher_spec(params, teacher_weights), weights_path=teacher_weights)
     student = build_student(params, spec.seed)
     check_num_classes(student, len(train_set.classes), where="student.model.kwargs.num_classes")
@@ -107,7 +107,7 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
 
     files = [p for p in (teacher_weights, synthetic_path if params["dataset"]["kind"] == "synthetic" else None)
              if p is not None]
-    config = {**select(params, ("dataset", "teacher.model", "student.model", "distill.train")),
+    config = {**select(params, (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill.train")),
               "run": spec.__dict__}
     meta = {"arch": params["student"]["model"]["arch"], "kwargs": params["student"]["model"]["kwargs"],
             "run_id": run_id, "method": spec.method, "layers": spec.layers, "seed": spec.seed}

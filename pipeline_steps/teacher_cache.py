@@ -35,7 +35,7 @@ def run(params: dict, out: str | os.PathLike, *, teacher_weights: str | os.PathL
     teacher = create_model(teacher_spec(params, teacher_weights), weights_path=teacher_weights)
     student = build_student(params, 0)
     layers = teacher_layers_of_grid(params, num_blocks(student), num_blocks(teacher))
-    train_set = open_dataset(params, "train", synthetic_path=synthetic_path)
+    train_set = open_dataset(params, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
     device = "cuda" if params["distill"]["train"]["device"] != "cpu" and torch.cuda.is_available() else "cpu"
     cache = compute_teacher_cache(teacher, train_set, layers, device=device, progress=progress)
     meta = {"layers": json.dumps(layers), "n_images": str(len(train_set))}

@@ -68,6 +68,10 @@ from .errors import Interrupted, UserError
 from .losses import AUTHORS_LOG_NAMES, DistillMethod, build_method, order_features
 
 
+#: DeiT's ``--color-jitter`` default, used by the ImageFolder training transform (:func:`training_view`).
+DEIT_COLOR_JITTER = 0.4
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Training hyperparameters (the schema's ``$defs/train``)."""
@@ -207,9 +211,12 @@ class Augmented(Dataset):
 def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
     """``dataset`` as the training loop sees it: with RandAugment and random erasing when the recipe asks.
 
-    ImageFolder data gets DeiT's full training transform (timm ``create_transform``: random resized crop,
-    flip, colour jitter, RandAugment, random erasing); generated data (already the model's input size) gets
-    RandAugment and random erasing only. Without augmentation the dataset is returned as is.
+    ImageFolder data gets DeiT's full training transform (timm ``create_transform``: random resized crop to
+    the dataset's crop size, bicubic, flip, colour jitter 0.4 (DeiT's default), RandAugment, random erasing,
+    the dataset's mean and std); generated data (already the model's input size) gets RandAugment and random
+    erasing only. Without augmentation the dataset is returned as is: open it with
+    ``open_dataset(..., preprocessing="evaluation")`` (``dataset.eval_preprocess``, DeiT's evaluation
+    transform), which also gives this view its crop size, mean and std.
     """
     if not (recipe.randaugment or recipe.reprob > 0):
         return dataset
@@ -224,7 +231,7 @@ def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
         p = dataset.preprocess
         train_view = copy.copy(dataset)  # same file list; only the (cached) transform differs
         train_view.__dict__["transform"] = create_transform(
-            int(p["crop"]), is_training=True, color_jitter=0.3, auto_augment=recipe.randaugment,
+            int(p["crop"]), is_training=True, color_jitter=DEIT_COLOR_JITTER, auto_augment=recipe.randaugment,
             interpolation="bicubic", re_prob=recipe.reprob, re_mode="pixel", re_count=1,
             mean=tuple(p["mean"]), std=tuple(p["std"]))
         _posterize_zero_bits(train_view.__dict__["transform"])
@@ -328,7 +335,7 @@ def compute_teacher_cache(model: nn.Module, dataset: Dataset, layers: Sequence[i
 class Trainee(nn.Module):
     """The student and its objective as one module: what DDP wraps, what the optimizer and checkpoints see.
 
-    The objective's trainable parameters (ProjectorKD's projector and BN) are parameters of this module, so
+    The objective's trainable parameters (ProjectorKD's projectors) are parameters of this module, so
     they are optimised, averaged across ranks and saved with the student.
     """
 
