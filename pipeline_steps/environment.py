@@ -48,7 +48,8 @@ def describe(device: torch.device | str = "cpu", processes: int = 1) -> dict[str
     """
     device = torch.device(device)
     return {
-        "versions": {name: metadata.version(name) for name in _PACKAGES},
+        # torch's own version names its build (e.g. 2.14.1+cu130); the distribution's does not.
+        "versions": {name: torch.__version__ if name == "torch" else metadata.version(name) for name in _PACKAGES},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu": _cpu_model(),
         "cpu_isa": torch.backends.cpu.get_cpu_capability(),
