@@ -48,8 +48,10 @@ def describe(device: torch.device | str = "cpu", processes: int = 1) -> dict[str
     """
     device = torch.device(device)
     return {
-        # torch's own version names its build (e.g. 2.14.1+cu130); the distribution's does not.
-        "versions": {name: torch.__version__ if name == "torch" else metadata.version(name) for name in _PACKAGES},
+        # torch's own version names its build (e.g. 2.14.1+cu130), the distribution's does not; str(): the
+        # TorchVersion subclass would not load back from a resume state under weights_only.
+        "versions": {name: str(torch.__version__) if name == "torch" else metadata.version(name)
+                     for name in _PACKAGES},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu": _cpu_model(),
         "cpu_isa": torch.backends.cpu.get_cpu_capability(),
