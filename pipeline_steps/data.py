@@ -850,7 +850,7 @@ def check_manifest(df: pd.DataFrame, source: str) -> None:
             raise UserError(f"sample manifest {source}: column '{column}' has a missing or NaN value (row {row}); "
                             f"{fix}")
         ok = (pd.api.types.is_integer_dtype(col) if kind == "int"
-              else bool(col.map(lambda v: isinstance(v, str)).all()))
+              else pd.api.types.infer_dtype(col, skipna=False) == "string")
         if not ok:
             raise UserError(f"sample manifest {source}: column '{column}' holds {col.dtype} values, expected "
                             f"{'integers' if kind == 'int' else 'text'}; {fix}")
@@ -891,7 +891,7 @@ class ManifestDataset(Dataset):
     """
 
     def __init__(self, dataset: AnalysisDataset, manifest: pd.DataFrame) -> None:
-        check_manifest(manifest, "given")
+        check_manifest(manifest, "given to ManifestDataset")
         self.dataset = dataset
         self.manifest = manifest.sort_values("position").reset_index(drop=True)
         self.indices: list[int] = [int(i) for i in self.manifest["index"]]

@@ -25,8 +25,8 @@ SCALAR_METRICS = ("entropy", "magnitude")
 #: Columns of the values table, in order (the evolution step's tables add ``run_id``).
 VALUES_COLUMNS = ("model", "arch", "checkpoint", "epoch", "layer", "layer_name", "metric", "k", "value",
                   "n_images", "bins", "range_policy", "range_min", "range_max", "weights_hash", "manifest_hash")
-#: Columns a reader computes with, and the kind of value each must hold (``int``: integers, no nulls;
-#: ``float``: numbers, no NaN; ``str``: text, no nulls).
+#: Columns a reader computes with (and ``k``, which spectrum rows need), and the kind of value each must
+#: hold (``int``: integers, no nulls; ``float``: numbers, no NaN; ``str``: text, no nulls).
 _CHECKED_COLUMNS = {"model": "str", "arch": "str", "layer": "int", "metric": "str", "value": "float"}
 
 
@@ -52,23 +52,24 @@ def read_values_table(path: str | Path, what: str, fix: str, *, extra: dict[str,
     except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for a corrupt or foreign file
         raise UserError(f"{what} {path} is not a readable Parquet file ({type(exc).__name__}); {fix}") from None
     checked = {**_CHECKED_COLUMNS, **(extra or {})}
-    missing = [c for c in (*VALUES_COLUMNS, *checked) if c not in values.columns]
+    missing = [c for c in checked if c not in values.columns]
     if missing:
-        raise UserError(f"{what} {path} lacks column(s) {', '.join(dict.fromkeys(missing))} (not a values table of "
-                        f"this pipeline); {fix}")
+        raise UserError(f"{what} {path} lacks column(s) {', '.join(missing)} (not a values table of this "
+                        f"pipeline); {fix}")
     if len(values) == 0:
         raise UserError(f"{what} {path} has no rows; {fix}")
     for column, kind in checked.items():
         col = values[column]
-        ok = {"int": pd.api.types.is_integer_dtype, "float": pd.api.types.is_numeric_dtype,
-              "str": lambda c: pd.api.types.is_object_dtype(c) or pd.api.types.is_string_dtype(c)}[kind](col)
-        if ok and kind == "str":
-            ok = bool(col.map(lambda v: isinstance(v, str)).all())
-        if not ok:
-            raise UserError(f"{what} {path}: column '{column}' holds {col.dtype} values, expected {kind}; {fix}")
         if col.isna().any():
             raise UserError(f"{what} {path}: column '{column}' has a missing or NaN value (row "
                             f"{int(np.flatnonzero(col.isna().to_numpy())[0])}); {fix}")
+        ok = {"int": pd.api.types.is_integer_dtype, "float": pd.api.types.is_numeric_dtype,
+              "str": lambda c: pd.api.types.infer_dtype(c, skipna=False) == "string"}[kind](col)
+        if not ok or (kind == "float" and pd.api.types.is_bool_dtype(col)):
+            raise UserError(f"{what} {path}: column '{column}' holds {col.dtype} values, expected {kind}; {fix}")
+    spectrum = values["metric"] == "spectrum"
+    if spectrum.any() and ("k" not in values.columns or values.loc[spectrum, "k"].isna().any()):
+        raise UserError(f"{what} {path}: spectrum rows need the bin index 'k'; {fix}")
     return values
 
 
