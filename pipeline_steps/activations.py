@@ -370,6 +370,12 @@ class ActivationsFile:
                     raise UserError(f"{self.path} lists array '{name}' but does not contain it; "
                                     "re-run the extract step")
                 self._members[name] = self._locate(fh, info)
+        counts = {name: member[1][0] if member[1] else None for name, member in self._members.items()}
+        n_images = meta.get("n_images", next(iter(counts.values())))
+        odd = [name for name, n in counts.items() if n != n_images]
+        if odd:
+            raise UserError(f"{self.path}: array '{odd[0]}' holds {counts[odd[0]]} images, the metadata says "
+                            f"{n_images}; re-run the extract step")
 
     def _locate(self, fh, info: zipfile.ZipInfo) -> tuple[int, tuple[int, ...], np.dtype]:
         """Offset of the array data of a stored member, with its shape and dtype, from the headers."""

@@ -289,6 +289,7 @@ def test_reduce_refuses_activation_metadata_missing_a_key_or_with_inconsistent_l
         "short_names": (lambda m: m["layer_names"].pop(), "metadata lists disagree in length (arrays: 3, "
                                                           "layer_indices: 3, layer_names: 2)"),
         "names_not_list": (lambda m: m.update(layer_names="blocks"), "'layer_names' is not a list of str"),
+        "wrong_count": (lambda m: m.update(n_images=7), "holds 8 images, the metadata says 7"),
     }
     for name, (edit, _) in edits.items():
         _rewrite_meta(work / "acts.npz", tmp_path / f"{name}.npz", edit)
