@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-from pathlib import Path
 from typing import Any
 
 from .config import SYNTHETIC_PATH

@@ -194,7 +194,8 @@ def test_generated_dataset_with_wrong_arrays_is_refused_by_the_sample_step(work,
     }
     for name, (changes, _) in cases.items():
         _rewrite_npz(work / "data.npz", tmp_path / f"{name}.npz", **changes)
-    procs = run_all(*(step("sample", "--data", str(tmp_path / f"{name}.npz"), "--out", str(tmp_path / f"{name}.parquet"))
+    procs = run_all(*(step("sample", "--data", str(tmp_path / f"{name}.npz"), "--out",
+                           str(tmp_path / f"{name}.parquet"))
                       for name in cases))
     for (name, (_, fragment)), proc in zip(cases.items(), procs):
         assert_one_line_error(proc, str(tmp_path / f"{name}.npz"), fragment, "re-run the generate-data step")
@@ -316,7 +317,8 @@ def test_extract_refuses_a_manifest_with_wrong_column_types_or_nan(work, tmp_pat
     procs = run_all(*(step("extract", "--manifest", str(tmp_path / f"{name}.parquet"), "--data",
                            str(work / "data.npz"), "--out", str(tmp_path / f"{name}.npz")) for name in cases))
     for (name, (_, fragment)), proc in zip(cases.items(), procs):
-        assert_one_line_error(proc, f"sample manifest {tmp_path / f'{name}.parquet'}", fragment, "re-run the sample step")
+        assert_one_line_error(proc, f"sample manifest {tmp_path / f'{name}.parquet'}", fragment,
+                              "re-run the sample step")
         assert not (tmp_path / f"{name}.npz").exists()
 
 
