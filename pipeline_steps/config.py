@@ -221,7 +221,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"params file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -229,8 +231,22 @@ def read_yaml(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"params file {path} must contain a mapping at the top level")
+        raise UserError(f"params file {path} must contain a mapping at the top level (key: value lines), not a "
+                        f"{_json_type(data)}; see params.yaml for the layout")
     return data
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed YAML/JSON value is, in the words a user knows (for messages)."""
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
 
 
 def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] = ()) -> dict:
@@ -240,9 +256,13 @@ def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] 
         params = deep_merge(params, read_yaml(path))
     for snippet in json_overrides:
         try:
-            params = deep_merge(params, json.loads(snippet))
+            override = json.loads(snippet)
         except json.JSONDecodeError as exc:
             raise UserError(f"--config-json is not valid JSON ({exc.msg}); quote it as one argument") from None
+        if not isinstance(override, dict):
+            raise UserError(f"--config-json must be a JSON object of params keys, not a {_json_type(override)}; "
+                            "e.g. '{\"sample\": {\"n_images\": 8}}'")
+        params = deep_merge(params, override)
     return validate_params(params)
 
 

@@ -67,7 +67,10 @@ def read_checkpoints(run_dir: str | Path, *, verify: bool = True) -> tuple[str, 
     if not index.is_file():
         raise UserError(f"no checkpoints.json in run directory {run_dir}; run the distill step for this run first")
     try:
-        doc = json.loads(index.read_text())
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{index} is not UTF-8 text (byte {exc.start}), so not a checkpoint index; re-run the "
+                        "distill step for this run") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{index} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run the distill step "
                         "for this run") from None
