@@ -26,6 +26,7 @@ STEPS = {
     "figures": "figures",
     "table1": "tables",
     "evolution": "evolution",
+    "headline": "headline",
 }
 
 

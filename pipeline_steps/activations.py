@@ -289,6 +289,36 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
     return meta
 
 
+def _check_meta(meta: dict, path: Path) -> None:
+    """The keys a reader of an activations file relies on, present and consistent (one line if not).
+
+    ``arrays``, ``layer_indices`` and ``layer_names`` are parallel lists (one entry per stored layer);
+    ``model.arch`` and ``weights_hash`` identify the model in the reduce step's table.
+    """
+    fix = "re-run the extract step"
+
+    def is_list(value: Any, item: type) -> bool:
+        return isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+
+    for key, item in (("arrays", str), ("layer_indices", int), ("layer_names", str)):
+        if key not in meta:
+            raise UserError(f"{path}: activations metadata lacks key '{key}'; {fix}")
+        if not is_list(meta[key], item):
+            raise UserError(f"{path}: activations metadata '{key}' is not a list of {item.__name__}; {fix}")
+    lengths = {key: len(meta[key]) for key in ("arrays", "layer_indices", "layer_names")}
+    if len(set(lengths.values())) != 1:
+        raise UserError(f"{path}: activations metadata lists disagree in length "
+                        f"({', '.join(f'{k}: {n}' for k, n in lengths.items())}); {fix}")
+    if not meta["arrays"]:
+        raise UserError(f"{path}: activations metadata lists no layers; {fix}")
+    if len(set(meta["arrays"])) != len(meta["arrays"]):
+        raise UserError(f"{path}: activations metadata 'arrays' names an array twice; {fix}")
+    if not (isinstance(meta.get("model"), dict) and isinstance(meta["model"].get("arch"), str)):
+        raise UserError(f"{path}: activations metadata lacks key 'model.arch'; {fix}")
+    if not isinstance(meta.get("weights_hash"), str):
+        raise UserError(f"{path}: activations metadata lacks key 'weights_hash'; {fix}")
+
+
 class ActivationsFile:
     """Read an activations NPZ written by :func:`write_activations`, one layer or chunk at a time.
 
@@ -329,6 +359,7 @@ class ActivationsFile:
         if meta.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{self.path} has activations format version {meta.get('format_version')}, this "
                             f"code reads {FORMAT_VERSION}; re-run the extract step")
+        _check_meta(meta, self.path)
         self.meta: dict = meta
         self.layers: list[str] = list(meta["arrays"])
         self._members: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
@@ -339,6 +370,12 @@ class ActivationsFile:
                     raise UserError(f"{self.path} lists array '{name}' but does not contain it; "
                                     "re-run the extract step")
                 self._members[name] = self._locate(fh, info)
+        counts = {name: member[1][0] if member[1] else None for name, member in self._members.items()}
+        n_images = meta.get("n_images", next(iter(counts.values())))
+        odd = [name for name, n in counts.items() if n != n_images]
+        if odd:
+            raise UserError(f"{self.path}: array '{odd[0]}' holds {counts[odd[0]]} images, the metadata says "
+                            f"{n_images}; re-run the extract step")
 
     def _locate(self, fh, info: zipfile.ZipInfo) -> tuple[int, tuple[int, ...], np.dtype]:
         """Offset of the array data of a stored member, with its shape and dtype, from the headers."""

@@ -221,7 +221,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"params file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -229,8 +231,22 @@ def read_yaml(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"params file {path} must contain a mapping at the top level")
+        raise UserError(f"params file {path} must contain a mapping at the top level (key: value lines), not a "
+                        f"{_json_type(data)}; see params.yaml for the layout")
     return data
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed YAML/JSON value is, in the words a user knows (for messages)."""
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
 
 
 def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] = ()) -> dict:
@@ -240,11 +256,20 @@ def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] 
         params = deep_merge(params, read_yaml(path))
     for snippet in json_overrides:
         try:
-            params = deep_merge(params, json.loads(snippet))
+            override = json.loads(snippet)
         except json.JSONDecodeError as exc:
             raise UserError(f"--config-json is not valid JSON ({exc.msg}); quote it as one argument") from None
+        if not isinstance(override, dict):
+            raise UserError(f"--config-json must be a JSON object of params keys, not a {_json_type(override)}; "
+                            "e.g. '{\"sample\": {\"n_images\": 8}}'")
+        params = deep_merge(params, override)
     return validate_params(params)
 
+
+#: The dataset params of steps that train or score models (DeiT's evaluation transform for imagefolder data).
+TRAINING_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolder", "dataset.eval_preprocess")
+#: The dataset params of steps that analyse activations (the paper's analysis preprocessing).
+ANALYSIS_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolder", "dataset.preprocess")
 
 #: The params each rule reads (dotted keys). Snakemake rules pass exactly these to their step (so
 #: its params rerun-trigger sees them) and every dvc.yaml stage lists the same keys; a test checks
@@ -252,18 +277,21 @@ def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] 
 RULE_PARAMS: dict[str, tuple[str, ...]] = {
     "generate_data": ("dataset.kind", "dataset.synthetic"),
     "sample": ("dataset.kind", "dataset.imagefolder", "sample"),
-    "train_teacher": ("dataset", "teacher.model", "teacher.train"),
-    "extract": ("dataset", "teacher.model", "analysis.batch_size", "analysis.layers"),
-    "reduce": ("teacher.name", "analysis.bins", "analysis.range_policy", "analysis.chunk_images"),
+    "train_teacher": (*TRAINING_DATA_PARAMS, "teacher.model", "teacher.train"),
+    "extract": (*ANALYSIS_DATA_PARAMS, "teacher.model", "analysis.batch_size", "analysis.layers"),
+    "reduce": ("teacher.name", "analysis.bins", "analysis.range_policy", "analysis.chunk_images",
+               "analysis.shape_tolerance"),
     "fig_entropy": ("figures.dpi", "figures.title"),
     "fig_magnitude": ("figures.dpi", "figures.title"),
     "fig_spectra": ("figures.dpi", "figures.title", "figures.spectra_layers"),
     "fig_spectra_all": ("figures.dpi", "figures.title"),
-    "teacher_cache": ("dataset", "teacher.model", "student.model", "distill.runs", "distill.train.device"),
-    "distill": ("dataset", "teacher.model", "student.model", "distill"),
-    "evolution": ("dataset", "analysis"),
+    "teacher_cache": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill.runs",
+                      "distill.train.device"),
+    "distill": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill"),
+    "evolution": (*ANALYSIS_DATA_PARAMS, "analysis"),
     "fig_evolution": ("figures.dpi", "figures.title", "distill.runs", "distill.seeds"),
     "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
+    "headline": (),
 }
 
 

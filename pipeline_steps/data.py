@@ -8,10 +8,12 @@ Three parts:
   correctly rounded element-wise arithmetic (no ``sin``/``exp``, no BLAS, no reductions), so the arrays are
   byte-identical on any machine and for any chunking (given numpy's Generator streams, which a golden-hash
   test pins).
-* **Datasets for analysis** (:class:`SyntheticDataset`, :class:`ImageFolderDataset`, :func:`open_dataset`):
-  torch Datasets returning ``(float32 tensor [3, H, W], int label)`` with stable ``ids``, ``labels`` and
-  ``classes``. Both also offer ``content_hash(index)`` and ``load(index) -> (tensor, label, hash)``, which
-  the sample manifest and :class:`ManifestDataset` build on.
+* **Datasets** (:class:`SyntheticDataset`, :class:`ImageFolderDataset`, :func:`open_dataset`): torch
+  Datasets returning ``(float32 tensor [3, H, W], int label)`` with stable ``ids``, ``labels`` and
+  ``classes``. ImageFolder images get the analysis preprocessing (``dataset.preprocess``) or, for training
+  and scoring models, DeiT's evaluation transform (``dataset.eval_preprocess``). Both datasets also offer
+  ``content_hash(index)`` and ``load(index) -> (tensor, label, hash)``, which the sample manifest and
+  :class:`ManifestDataset` build on.
 * **Sample manifests** (:func:`sample_manifest`, :func:`manifest_hash`, :class:`ManifestDataset`): which
   images the analysis runs on, in which order, with a content hash per image so a changed image is caught
   instead of silently analysed.
@@ -20,6 +22,7 @@ Three parts:
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -45,7 +48,7 @@ __all__ = [
     "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD",
     "generate_synthetic", "write_synthetic", "load_synthetic", "SyntheticData",
     "AnalysisDataset", "SyntheticDataset", "ImageFolderDataset", "open_dataset",
-    "sample_manifest", "manifest_hash", "ManifestDataset",
+    "sample_manifest", "manifest_hash", "check_manifest", "read_manifest", "ManifestDataset",
 ]
 
 #: Shape classes of the generated dataset, in label order (``num_classes = K`` uses the first K).
@@ -448,9 +451,62 @@ def _read_npz(path: str | os.PathLike, keys: Sequence[str]) -> dict[str, np.ndar
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise UserError(f"{path} is not a generated dataset (missing {', '.join(missing)}); {fix}")
-            return {k: npz[k] for k in keys}
+            arrays = {k: npz[k] for k in keys}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise UserError(f"{path} is not a readable generated dataset ({_one_line(exc)}); {fix}") from None
+    _check_synthetic_arrays(arrays, path, fix)
+    return arrays
+
+
+def _check_synthetic_arrays(arrays: Mapping[str, np.ndarray], path: Path, fix: str) -> None:
+    """The shapes, dtypes and ranges :func:`generate_synthetic` promises, for the members read.
+
+    Members are checked with each other where both were read (labels against their split's images and
+    against ``class_names``), so a foreign or hand-edited archive stops here, naming the member, instead of
+    failing (or silently misbehaving) in a later step.
+    """
+    def bad(name: str, what: str) -> UserError:
+        return UserError(f"{path}: member '{name}' {what}; {fix}")
+
+    n_classes = None
+    if "class_names" in arrays:
+        names = arrays["class_names"]
+        if names.ndim != 1 or names.dtype.kind != "U" or len(names) < 2:
+            raise bad("class_names", f"must be a list of at least 2 names, got dtype {names.dtype} shape "
+                      f"{list(names.shape)}")
+        n_classes = len(names)
+    for split in SPLITS:
+        images, labels = arrays.get(f"{split}_images"), arrays.get(f"{split}_labels")
+        if images is not None and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3
+                                   or 0 in images.shape):
+            raise bad(f"{split}_images", f"must be uint8 [N, H, W, 3] images, got {images.dtype} "
+                      f"{list(images.shape)}")
+        if labels is None:
+            continue
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise bad(f"{split}_labels", f"must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
+        if images is not None and len(labels) != len(images):
+            raise bad(f"{split}_labels", f"has {len(labels)} labels for {len(images)} images")
+        if len(labels) and n_classes is not None and (labels.min() < 0 or labels.max() >= n_classes):
+            wrong = int(labels[(labels < 0) | (labels >= n_classes)][0])
+            raise bad(f"{split}_labels", f"holds label {wrong}, outside 0..{n_classes - 1} ({n_classes} class_names)")
+    shapes = {tuple(arrays[f"{s}_images"].shape[1:]) for s in SPLITS if f"{s}_images" in arrays}
+    if len(shapes) > 1:
+        raise bad("test_images", f"image size differs from train_images ({sorted(shapes)})")
+    for name in ("mean", "std"):
+        stat = arrays.get(name)
+        if stat is not None and (stat.shape != (3,) or stat.dtype.kind != "f" or not np.isfinite(stat).all()
+                                 or (name == "std" and (stat <= 0).any())):
+            raise bad(name, f"must be 3 finite per-channel floats{' > 0' if name == 'std' else ''}, got "
+                      f"{stat.dtype} {stat.tolist() if stat.size <= 8 else list(stat.shape)}")
+    if "meta" in arrays:
+        meta = arrays["meta"]
+        try:
+            ok = meta.ndim == 0 and meta.dtype.kind == "U" and isinstance(json.loads(str(meta)), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise bad("meta", "must be a JSON object string")
 
 
 def load_synthetic(path: str | os.PathLike) -> SyntheticData:
@@ -498,6 +554,10 @@ class AnalysisDataset(Protocol):
         """``(tensor, label, content_hash)`` from a single read of the image."""
         ...
 
+    def identity(self) -> str:
+        """SHA-256 identifying the whole split as a model sees it (a cache of model outputs records it)."""
+        ...
+
 
 class SyntheticDataset(Dataset):
     """One split of the generated dataset, normalised with the artifact's own mean and std.
@@ -536,6 +596,15 @@ class SyntheticDataset(Dataset):
     def content_hash(self, index: int) -> str:
         return sha256_bytes(np.ascontiguousarray(self.images[index]).tobytes())
 
+    def identity(self) -> str:
+        """SHA-256 of what a model sees of this split: every image's pixels, the labels, the class names and
+        the normalisation (so outputs computed from one split are recognised as belonging to it)."""
+        h = hashlib.sha256(f"synthetic\0{self.split}\0{list(self.images.shape)}\0{self.classes}\0".encode())
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(np.asarray(self.labels, dtype=np.int64).tobytes())
+        h.update(self.mean.numpy().astype(np.float32).tobytes() + self.std.numpy().astype(np.float32).tobytes())
+        return h.hexdigest()
+
     def load(self, index: int) -> tuple[torch.Tensor, int, str]:
         x, label = self[index]
         return x, label, self.content_hash(index)
@@ -553,8 +622,36 @@ def _list_images(directory: Path, classes: Sequence[str]) -> list[tuple[Path, in
     return samples
 
 
+#: Pillow's modes of single-channel 16-bit images (16-bit PNG and TIFF grayscale open as one of these).
+_MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_rgb8(img: Image.Image, path: Path) -> Image.Image:
+    """An 8-bit RGB image with the full range of ``img``, whatever its bit depth.
+
+    Pillow's ``convert("RGB")`` clips integer images at 255 instead of scaling them, so a 16-bit image
+    (0..65535) would read as almost all white. 16-bit grayscale (modes ``I;16*``, and ``I`` holding values
+    in 0..65535, as 16-bit PNGs open in some Pillow versions) is scaled by 255/65535 with rounding; 48-bit
+    RGB PNG/TIFF files already open as 8-bit ``RGB``. Float images have no agreed range and are refused.
+
+    Raises:
+        UserError: A float image, or a 32-bit integer image with values outside 0..65535.
+    """
+    if img.mode in _MODES_16BIT or img.mode == "I":
+        values = np.asarray(img)
+        if values.size and (int(values.min()) < 0 or int(values.max()) > 65535):
+            raise UserError(f"image {path} is a 32-bit integer image with values outside 0..65535, which has no "
+                            "defined 8-bit scaling; convert it to 8- or 16-bit")
+        scaled = (values.astype(np.uint32) * 255 + 32767) // 65535
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")  # 2-D uint8 -> mode L
+    if img.mode == "F":
+        raise UserError(f"image {path} is a floating-point image, which has no defined 8-bit scaling; convert it "
+                        "to an 8- or 16-bit image")
+    return img.convert("RGB")
+
+
 class ImageFolderDataset(Dataset):
-    """An ImageNet-style split folder (``root/split_dir/<class>/<image>``) with the analysis preprocessing.
+    """An ImageNet-style split folder (``root/split_dir/<class>/<image>``) with a fixed preprocessing.
 
     Classes and images are in torchvision ``ImageFolder`` order (classes sorted; files sorted, walking
     sub-folders), so label indices match ``ImageFolder`` and "the first N" is the first N of class 0 (the
@@ -563,13 +660,16 @@ class ImageFolderDataset(Dataset):
     Args:
         root: Dataset root; ids are image paths relative to it (e.g. ``val/n01440764/x.JPEG``).
         split_dir: Split folder under ``root`` (e.g. ``val``).
-        preprocess: ``dataset.preprocess`` params: ``resize``, ``crop``, ``interpolation``, ``mean``, ``std``.
+        preprocess: ``resize``, ``crop``, ``interpolation``, ``mean``, ``std``: ``dataset.preprocess`` (the
+            analysis) or ``dataset.eval_preprocess`` (training and evaluation).
+        key: The params key ``preprocess`` came from (named in error messages).
 
     Raises:
         UserError: The folder is missing or empty, has no class folders, or a class folder has no images.
     """
 
-    def __init__(self, root: str | os.PathLike, split_dir: str, preprocess: Mapping[str, Any]) -> None:
+    def __init__(self, root: str | os.PathLike, split_dir: str, preprocess: Mapping[str, Any],
+                 key: str = "dataset.preprocess") -> None:
         self.root = Path(root)
         self.directory = self.root / split_dir
         fix = "set dataset.imagefolder.root (and train_dir / val_dir) to an ImageNet-style folder"
@@ -589,10 +689,14 @@ class ImageFolderDataset(Dataset):
         self.paths: list[Path] = [path for path, _ in samples]
         self.labels: list[int] = [label for _, label in samples]
         self.ids: list[str] = [p.relative_to(self.root).as_posix() for p in self.paths]
-        self.preprocess = {"resize": 256, "crop": 224, "interpolation": "bilinear", "mean": list(IMAGENET_MEAN),
-                           "std": list(IMAGENET_STD), **preprocess}
+        # No fallbacks here: the two transforms have different defaults, stated once, in the params schema.
+        missing = sorted({"resize", "crop", "interpolation", "mean", "std"} - set(preprocess))
+        if missing:
+            raise UserError(f"{key} lacks {', '.join(missing)}; pass a validated config "
+                            "(pipeline_steps.config.validate_params fills the defaults)")
+        self.preprocess = dict(preprocess)
         if self.preprocess["interpolation"] not in ("bilinear", "bicubic", "nearest"):
-            raise UserError(f"dataset.preprocess.interpolation '{self.preprocess['interpolation']}' is unknown; "
+            raise UserError(f"{key}.interpolation '{self.preprocess['interpolation']}' is unknown; "
                             "use bilinear, bicubic or nearest")
 
     @functools.cached_property
@@ -623,7 +727,8 @@ class ImageFolderDataset(Dataset):
                             "and its permissions") from None
         try:
             with Image.open(io.BytesIO(data)) as img:
-                return data, img.convert("RGB")  # convert() decodes the whole image, so truncation shows here
+                img.load()  # decodes the whole image, so truncation shows here
+                return data, _to_rgb8(img, path)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise UserError(f"image {path} is unreadable or corrupt ({_one_line(exc)}); replace or remove "
                             "it") from None
@@ -636,21 +741,41 @@ class ImageFolderDataset(Dataset):
         data, _ = self._read(index)  # decoded too: a sampled image must be usable, not just present
         return sha256_bytes(data)
 
+    def identity(self) -> str:
+        """SHA-256 of the file list (ids, labels, file sizes) and the preprocessing.
+
+        Not of the file contents: reading a whole ImageNet split to check a cache would cost as much as
+        the teacher pass it saves. An image replaced by one of the same size in place is not noticed.
+        """
+        listing = [(i, label, p.stat().st_size) for i, label, p in zip(self.ids, self.labels, self.paths)]
+        return sha256_bytes(json.dumps({"imagefolder": listing, "classes": self.classes,
+                                        "preprocess": self.preprocess}, sort_keys=True).encode())
+
     def load(self, index: int) -> tuple[torch.Tensor, int, str]:
         data, img = self._read(index)
         return self.transform(img), self.labels[index], sha256_bytes(data)
 
 
-def open_dataset(params: Mapping[str, Any], split: str, *,
-                 synthetic_path: str | os.PathLike = SYNTHETIC_PATH) -> SyntheticDataset | ImageFolderDataset:
-    """The analysis dataset named by ``params["dataset"]`` (a validated config).
+#: ``open_dataset``'s ``preprocessing`` -> the params key of the ImageFolder transform it selects.
+_PREPROCESSING_KEYS = {"analysis": "preprocess", "evaluation": "eval_preprocess"}
+
+
+def open_dataset(params: Mapping[str, Any], split: str, *, synthetic_path: str | os.PathLike = SYNTHETIC_PATH,
+                 preprocessing: str = "analysis") -> SyntheticDataset | ImageFolderDataset:
+    """The dataset named by ``params["dataset"]`` (a validated config).
 
     Args:
         params: The validated config.
         split: ``"train"`` or ``"test"`` (for imagefolder data: ``train_dir`` or ``val_dir``).
         synthetic_path: The generated NPZ, for ``dataset.kind: synthetic``.
+        preprocessing: Which transform imagefolder images get: ``"analysis"`` (``dataset.preprocess``, the
+            paper's analysis preprocessing: sample, extract, evolution) or ``"evaluation"``
+            (``dataset.eval_preprocess``, DeiT's evaluation transform: training and scoring models).
+            Synthetic images are only normalised either way.
     """
     _split_id(split)
+    if preprocessing not in _PREPROCESSING_KEYS:
+        raise ValueError(f"preprocessing must be one of {sorted(_PREPROCESSING_KEYS)}, got {preprocessing!r}")
     ds = params["dataset"]
     if ds["kind"] == "synthetic":
         return SyntheticDataset(synthetic_path, split)
@@ -660,7 +785,8 @@ def open_dataset(params: Mapping[str, Any], split: str, *,
             raise UserError("dataset.kind is 'imagefolder' but dataset.imagefolder.root is not set; set it to "
                             "your ImageNet-style directory")
         split_dir = folder.get("train_dir", "train") if split == "train" else folder.get("val_dir", "val")
-        return ImageFolderDataset(folder["root"], split_dir, ds.get("preprocess", {}))
+        key = _PREPROCESSING_KEYS[preprocessing]
+        return ImageFolderDataset(folder["root"], split_dir, ds[key], key=f"dataset.{key}")
     raise UserError(f"unknown dataset.kind '{ds['kind']}'; use synthetic or imagefolder")
 
 
@@ -747,6 +873,63 @@ def manifest_hash(df: pd.DataFrame) -> str:
     return sha256_bytes(text.encode())
 
 
+#: What each manifest column holds (``int``: integers; ``str``: text), checked by :func:`read_manifest`.
+_MANIFEST_KINDS = {"position": "int", "index": "int", "id": "str", "label": "int", "class_name": "str",
+                   "split": "str", "strategy": "str", "seed": "int", "content_hash": "str"}
+
+
+def check_manifest(df: pd.DataFrame, source: str) -> None:
+    """Check a sample manifest's columns, their types and positions (one-line UserError naming ``source``).
+
+    Args:
+        df: The manifest.
+        source: Where it came from, for messages (its path).
+
+    Raises:
+        UserError: Empty; a missing column; a column of the wrong type or with a missing/NaN value; negative
+            indices; positions that are not ``0 .. n-1``.
+    """
+    fix = "re-run the sample step"
+    if len(df) == 0:
+        raise UserError(f"sample manifest {source} is empty; check sample.n_images and {fix}")
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"sample manifest {source} lacks column(s) {', '.join(missing)}; {fix}")
+    for column, kind in _MANIFEST_KINDS.items():
+        col = df[column]
+        if col.isna().any():
+            row = int(np.flatnonzero(col.isna().to_numpy())[0])
+            raise UserError(f"sample manifest {source}: column '{column}' has a missing or NaN value (row {row}); "
+                            f"{fix}")
+        ok = (pd.api.types.is_integer_dtype(col) if kind == "int"
+              else pd.api.types.infer_dtype(col, skipna=False) == "string")
+        if not ok:
+            raise UserError(f"sample manifest {source}: column '{column}' holds {col.dtype} values, expected "
+                            f"{'integers' if kind == 'int' else 'text'}; {fix}")
+    if (df["index"] < 0).any() or (df["label"] < 0).any():
+        raise UserError(f"sample manifest {source} has a negative index or label; {fix}")
+    if sorted(df["position"].tolist()) != list(range(len(df))):
+        raise UserError(f"sample manifest {source}: column 'position' is not 0..{len(df) - 1}, each once; {fix}")
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and check a sample manifest written by the sample step (see :func:`check_manifest`).
+
+    Raises:
+        UserError: The file is missing, not Parquet, or not a valid manifest.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sample manifest not found: {path}; run the sample step first")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for a corrupt or foreign file
+        raise UserError(f"sample manifest {path} is not a readable Parquet file ({type(exc).__name__}); "
+                        "re-run the sample step") from None
+    check_manifest(df, str(path))
+    return df
+
+
 class ManifestDataset(Dataset):
     """The images of a sample manifest, in ``position`` order, each checked against its content hash.
 
@@ -760,9 +943,7 @@ class ManifestDataset(Dataset):
     """
 
     def __init__(self, dataset: AnalysisDataset, manifest: pd.DataFrame) -> None:
-        missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
-        if missing:
-            raise UserError(f"sample manifest lacks column(s) {', '.join(missing)}; re-run the sample step")
+        check_manifest(manifest, "given to ManifestDataset")
         self.dataset = dataset
         self.manifest = manifest.sort_values("position").reset_index(drop=True)
         self.indices: list[int] = [int(i) for i in self.manifest["index"]]

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import SYNTHETIC_PATH, DistillRun, distill_run, select, uses_teacher_cache
+from .config import SYNTHETIC_PATH, TRAINING_DATA_PARAMS, DistillRun, distill_run, select, uses_teacher_cache
 from .errors import UserError
 
 
@@ -89,8 +89,8 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
 
     spec = distill_run(params, run_id)
     recipe = Recipe.from_params(params["distill"]["train"], seed=spec.seed, epochs=spec.epochs)
-    train_set = open_dataset(params, "train", synthetic_path=synthetic_path)
-    test_set = open_dataset(params, "test", synthetic_path=synthetic_path)
+    train_set = open_dataset(params, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
+    test_set = open_dataset(params, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
     teacher = create_model(teacher_spec(params, teacher_weights), weights_path=teacher_weights)
     student = build_student(params, spec.seed)
     check_num_classes(student, len(train_set.classes), where="student.model.kwargs.num_classes")
@@ -103,11 +103,11 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
 
     targets = None
     if objective.needs_teacher_logits or objective.needs_teacher_features:
-        targets = _teacher_targets(params, teacher, teacher_layers, teacher_cache)
+        targets = _teacher_targets(params, teacher, teacher_layers, teacher_cache, train_set)
 
     files = [p for p in (teacher_weights, synthetic_path if params["dataset"]["kind"] == "synthetic" else None)
              if p is not None]
-    config = {**select(params, ("dataset", "teacher.model", "student.model", "distill.train")),
+    config = {**select(params, (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill.train")),
               "run": spec.__dict__}
     meta = {"arch": params["student"]["model"]["arch"], "kwargs": params["student"]["model"]["kwargs"],
             "run_id": run_id, "method": spec.method, "layers": spec.layers, "seed": spec.seed}
@@ -115,7 +115,8 @@ def run(params: dict, run_id: str, out_dir: str | os.PathLike, *, teacher_weight
                  fingerprint=run_fingerprint(config, files), metadata=meta, progress=progress)
 
 
-def _teacher_targets(params: dict, teacher: Any, layers: list[int], cache_path: str | os.PathLike | None) -> Any:
+def _teacher_targets(params: dict, teacher: Any, layers: list[int], cache_path: str | os.PathLike | None,
+                     train_set: Any) -> Any:
     from .train import TeacherTargets
 
     if not uses_teacher_cache(params):
@@ -123,24 +124,56 @@ def _teacher_targets(params: dict, teacher: Any, layers: list[int], cache_path: 
     if cache_path is None:
         raise UserError("distill.teacher_cache is on/auto and the recipe does not augment, but no --teacher-cache "
                         "was given; run the teacher-cache step or set distill.teacher_cache: off")
-    return TeacherTargets(layers, cache=read_cache(cache_path, layers))
+    return TeacherTargets(layers, cache=read_cache(cache_path, layers, train_set=train_set, teacher=teacher))
 
 
-def read_cache(path: str | os.PathLike, layers: list[int]) -> dict[str, Any]:
-    """The teacher outputs in ``path``; one-line error when they are missing or lack a layer."""
+def read_cache(path: str | os.PathLike, layers: list[int], *, train_set: Any, teacher: Any) -> dict[str, Any]:
+    """The teacher outputs in ``path``, checked against what this run would compute them from.
+
+    A cache is rows of teacher outputs in training-set order; used with another training set (of any size)
+    or another teacher it would silently distil from wrong targets. So the cache's recorded origin
+    (:func:`pipeline_steps.teacher_cache.cache_metadata`) must equal this run's: the training set's identity
+    and size, and the teacher's weights hash; and it must hold every block the run pairs with.
+
+    Raises:
+        UserError: The file is missing, unreadable, of another format, made from other data or another
+            teacher, or lacks a block (one line naming the cache and the fix).
+    """
+    import safetensors
     import safetensors.torch
 
+    from .teacher_cache import CACHE_FORMAT, cache_metadata
+
     path = Path(path)
+    fix = "delete it and rerun the teacher-cache step (or set distill.teacher_cache: off)"
     if not path.is_file():
         raise UserError(f"teacher cache {path} not found; run the teacher-cache step")
     try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            recorded = f.metadata() or {}
         cache = safetensors.torch.load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - a corrupt file: one line, the fix
-        raise UserError(f"teacher cache {path} is unreadable ({type(exc).__name__}); delete it and rerun the "
-                        "teacher-cache step") from None
+        raise UserError(f"teacher cache {path} is unreadable ({type(exc).__name__}); {fix}") from None
+    if recorded.get("format") != CACHE_FORMAT:
+        raise UserError(f"teacher cache {path} does not record what it was made from (made by an older version, "
+                        f"or not a teacher cache); {fix}")
+    n = len(train_set)
+    if recorded.get("n_images") != str(n):
+        raise UserError(f"teacher cache {path} was made for a training set of {recorded.get('n_images')} images, "
+                        f"this run's has {n}; {fix}")
+    expected = cache_metadata(train_set, teacher, layers)
+    if recorded.get("dataset_identity") != expected["dataset_identity"]:
+        raise UserError(f"teacher cache {path} was made from another training set (same size, different "
+                        f"content); {fix}")
+    if recorded.get("teacher_weights_hash") != expected["teacher_weights_hash"]:
+        raise UserError(f"teacher cache {path} was made with other teacher weights; {fix}")
     missing = [i for i in layers if f"features.{i}" not in cache] + ([] if "logits" in cache else ["logits"])
     if missing:
         raise UserError(f"teacher cache {path} lacks {missing}; rerun the teacher-cache step with this grid")
+    short = [k for k, t in cache.items() if t.shape[0] != n]
+    if short:
+        raise UserError(f"teacher cache {path}: '{short[0]}' has {cache[short[0]].shape[0]} rows for {n} training "
+                        f"images; {fix}")
     return cache
 
 

@@ -25,8 +25,9 @@ Outputs:
   ``checkpoint`` (the file's stem), ``epoch``, ``layer``, ``layer_name``, ``metric``, ``k``, ``value``,
   ``n_images``, ``bins``, ``range_policy``, ``range_min``, ``range_max``, ``weights_hash``,
   ``manifest_hash``) plus ``run_id``; ordered by epoch.
-- ``--summary``: the reduce step's profile summary per checkpoint and metric (``argmin_layer``, ``first``,
-  ``min``, ``last``, ``drop``, ``rise``, ``u_shaped``, ...) plus ``run_id``.
+- ``--summary``: the reduce step's profile summary per checkpoint and metric (``argmin_layer`` (1-based),
+  ``first``, ``min``, ``last``, ``drop``, ``rise``, ``shape``, ``u_shaped``, ``shape_tolerance``, ...) plus
+  ``run_id``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def read_checkpoints(run_dir: str | Path, *, verify: bool = True) -> tuple[str, 
     if not index.is_file():
         raise UserError(f"no checkpoints.json in run directory {run_dir}; run the distill step for this run first")
     try:
-        doc = json.loads(index.read_text())
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{index} is not UTF-8 text (byte {exc.start}), so not a checkpoint index; re-run the "
+                        "distill step for this run") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{index} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run the distill step "
                         "for this run") from None
@@ -149,7 +153,8 @@ def run(params: dict, run_dir: str | Path, out: str | Path, summary_out: str | P
                         model_key=_MODEL_KEY, device=device)
             values, summary = reduce_activations(
                 npz, bins=analysis["bins"], range_policy=analysis["range_policy"],
-                chunk_images=analysis["chunk_images"], model_label=run_id, checkpoint=c["path"].stem,
+                shape_tolerance=analysis["shape_tolerance"], chunk_images=analysis["chunk_images"],
+                model_label=run_id, checkpoint=c["path"].stem,
                 epoch=c["epoch"], progress=False)
             npz.unlink()  # one checkpoint's activations on disk at a time
             values_parts.append(values.assign(run_id=run_id))
@@ -176,5 +181,6 @@ def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
     values, summary = run(params, args.run_dir, args.out, args.summary, manifest_path=args.manifest,
                           synthetic_path=args.data, device=args.device)
     entropy = summary[summary["metric"] == "entropy"]
-    trace = ", ".join(f"epoch {int(r.epoch)}: min at layer {int(r.argmin_layer)}" for r in entropy.itertuples())
+    trace = ", ".join(f"epoch {int(r.epoch)}: {r.shape}, min at layer {int(r.argmin_layer)}"
+                      for r in entropy.itertuples())
     print(f"{entropy['run_id'].iloc[0]}: {len(entropy)} checkpoints, {len(values)} rows -> {args.out} ({trace})")

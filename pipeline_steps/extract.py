@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-from pathlib import Path
 from typing import Any
 
 from .config import SYNTHETIC_PATH
@@ -61,22 +60,6 @@ def model_spec(params: dict, model_key: str) -> dict:
     return copy.deepcopy(node)
 
 
-def _read_manifest(path: str | os.PathLike) -> "pandas.DataFrame":  # noqa: F821
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample manifest not found: {path}; run the sample step first")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises its own error types for a corrupt or foreign file
-        raise UserError(f"sample manifest {path} is not a readable Parquet file ({type(exc).__name__}); "
-                        "re-run the sample step") from None
-    if len(df) == 0:
-        raise UserError(f"sample manifest {path} is empty; check sample.n_images and re-run the sample step")
-    return df
-
-
 def run(params: dict, out: str | os.PathLike, *, manifest_path: str | os.PathLike,
         weights_path: str | os.PathLike | None = None,
         synthetic_path: str | os.PathLike | None = SYNTHETIC_PATH,
@@ -102,12 +85,12 @@ def run(params: dict, out: str | os.PathLike, *, manifest_path: str | os.PathLik
     from torch.utils.data import DataLoader
 
     from .activations import write_activations
-    from .data import ManifestDataset, manifest_hash, open_dataset  # written alongside; imported lazily
+    from .data import ManifestDataset, manifest_hash, open_dataset, read_manifest  # written alongside; imported lazily
     from .models import check_input_size, create_model, resolve_layers
 
     spec = model_spec(params, model_key)
     analysis = params.get("analysis", {})
-    manifest = _read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)
 
     split = params.get("sample", {}).get("split", "test")
     if "split" in manifest.columns:

@@ -24,6 +24,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .errors import UserError
+from .reduce import read_values_table
+
+#: The evolution step's tables: a values table plus these columns (see :func:`read_values_table`).
+EVOLUTION_COLUMNS = {"run_id": "str", "epoch": "int"}
 
 FIGURES = ("entropy", "magnitude", "spectra", "spectra_all")
 #: Drawn from the evolution step's tables (:func:`run_evolution`), not from one reductions table.
@@ -46,10 +50,7 @@ def run(figure: str, reductions: str | Path, out: str | Path, figures_params: di
     """
     from . import plots
 
-    path = Path(reductions)
-    if not path.is_file():
-        raise UserError(f"reductions table not found: {path}; run the reduce step first")
-    values = pd.read_parquet(path)
+    values = read_values_table(reductions, "reductions table", "run the reduce step first")
     if title is None:
         title = figures_params.get("title") or f"{values['model'].iloc[0]} ({values['arch'].iloc[0]})"
     if figure in ("entropy", "magnitude"):
@@ -63,16 +64,6 @@ def run(figure: str, reductions: str | Path, out: str | Path, figures_params: di
     else:
         raise UserError(f"unknown figure '{figure}'; choose one of {', '.join(FIGURES)}")
     return plots.save_figure(fig, out, dpi=figures_params["dpi"])
-
-
-def _read_table(path: str | Path, what: str, fix: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}; {fix}")
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises its own error types for a corrupt or foreign file
-        raise UserError(f"{what} {path} is not a readable Parquet file ({type(exc).__name__}); {fix}") from None
 
 
 def parse_labels(text: str | None) -> dict[str, str] | None:
@@ -113,14 +104,12 @@ def run_evolution(evolution: Sequence[str | Path], reductions: str | Path | None
     if not evolution:
         raise UserError("figure evolution needs the evolution tables; pass --evolution "
                         "results/evolution/<run_id>.parquet ...")
-    values = pd.concat([_read_table(p, "evolution table", "run the evolution step for this run first")
+    values = pd.concat([read_values_table(p, "evolution table", "pass the evolution step's --out files (run the "
+                                          "evolution step for this run first)", extra=EVOLUTION_COLUMNS)
                         for p in evolution], ignore_index=True)
-    if "run_id" not in values.columns:
-        raise UserError(f"{evolution[0]} has no run_id column (not an evolution table); pass the evolution step's "
-                        "--out files")
     teacher = None
     if reductions is not None:
-        teacher = _read_table(reductions, "reductions table", "run the reduce step first")
+        teacher = read_values_table(reductions, "reductions table", "run the reduce step first")
     fig = plots.figure_evolution(values, teacher, labels, title)
     return plots.save_figure(fig, out, dpi=figures_params["dpi"])
 

@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -231,15 +232,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         # weights_only=True never runs pickled code. argparse.Namespace is allowed because DeiT-style
         # training checkpoints (the authors' code) store their 'args' in it: a plain attribute bag.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch's own warnings (and its error text, which suggests weights_only=False) are not shown: the
+        # one line below says what is wrong and the safe fix.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        blocked = _blocked_globals(path, str(exc))
+        if blocked:
+            raise UserError(f"weight file {path} holds pickled Python objects ({', '.join(blocked)}), which are "
+                            "refused because loading them could run code; convert it to .safetensors (or a plain "
+                            "state dict of tensors) in a trusted environment") from None
         text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
-            raise UserError(f"weight file {path} contains pickled Python objects beyond tensors ({found.group(1)}), "
-                            "which are not loaded (weights_only=True, no code is executed); save a plain state "
-                            "dict or a .safetensors file instead") from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
         reason = detail.group(1).strip() if detail else (text.strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"weight file {path} is not a readable PyTorch file ({reason}); "
@@ -249,6 +253,24 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"weight file {path} is not a readable PyTorch file ({first}); "
                         "re-create or re-download it") from None
     return _unwrap(obj, path)
+
+
+def _blocked_globals(path: Path, error_text: str) -> list[str]:
+    """The Python globals (``module.name``) that made ``torch.load(weights_only=True)`` refuse ``path``.
+
+    Asked of torch's own scanner (which reads the pickle without executing it), so every blocked global is
+    named whatever wording torch's error uses; the error text is the fallback for a file the scanner cannot
+    read.
+    """
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - the scanner is a best effort; the error text still names the global
+        found = []
+    if not found:
+        found = re.findall(r"GLOBAL ([\w.]+)", error_text)
+    return sorted(set(found))
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -3,7 +3,10 @@
 Output (long format, one row per value): ``model, arch, checkpoint, epoch, layer (1-based),
 layer_name, metric (entropy | magnitude | spectrum), k (spectrum bin, else null), value,
 n_images, bins, range_policy, range_min, range_max, weights_hash, manifest_hash``; and a
-per-profile summary table (``argmin_layer``, ``drop``, ``rise``, ``u_shaped``, ...).
+per-profile summary table, one row per scalar metric: ``model, checkpoint, epoch, metric`` and
+:func:`pipeline_steps.metrics.profile_summary`'s ``argmin_layer`` (1-based), ``argmax_layer``, ``first``,
+``min``, ``max``, ``last``, ``drop``, ``rise``, ``shape``, ``u_shaped``, ``shape_tolerance``, ``shape_scale``
+(entropy is classified in bits, magnitude on log2: :data:`METRIC_SHAPE_SCALE`).
 
 Memory is independent of the number of images: the NPZ is read chunk by chunk in two passes
 (pass 1 finds the histogram range, pass 2 accumulates the three statistics).
@@ -19,7 +22,62 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .errors import UserError
+
 SCALAR_METRICS = ("entropy", "magnitude")
+#: Columns of the values table, in order (the evolution step's tables add ``run_id``).
+VALUES_COLUMNS = ("model", "arch", "checkpoint", "epoch", "layer", "layer_name", "metric", "k", "value",
+                  "n_images", "bins", "range_policy", "range_min", "range_max", "weights_hash", "manifest_hash")
+#: Columns a reader computes with (and ``k``, which spectrum rows need), and the kind of value each must
+#: hold (``int``: integers, no nulls; ``float``: numbers, no NaN; ``str``: text, no nulls).
+_CHECKED_COLUMNS = {"model": "str", "arch": "str", "layer": "int", "metric": "str", "value": "float"}
+
+
+def read_values_table(path: str | Path, what: str, fix: str, *, extra: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read a values table (the reduce step's, or the evolution step's with ``extra={"run_id": "str",
+    "epoch": "int"}``), checked, so that a foreign or damaged file stops with one line instead of a traceback.
+
+    Args:
+        path: The Parquet file.
+        what: What the file is, for messages ("reductions table").
+        fix: How to make a good one, for messages ("run the reduce step first").
+        extra: Further required columns and their kinds (see ``_CHECKED_COLUMNS``).
+
+    Raises:
+        UserError: The file is missing, not Parquet, empty, lacks a column, or a column holds the wrong type
+            of value or a null/NaN.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}; {fix}")
+    try:
+        values = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for a corrupt or foreign file
+        raise UserError(f"{what} {path} is not a readable Parquet file ({type(exc).__name__}); {fix}") from None
+    checked = {**_CHECKED_COLUMNS, **(extra or {})}
+    missing = [c for c in checked if c not in values.columns]
+    if missing:
+        raise UserError(f"{what} {path} lacks column(s) {', '.join(missing)} (not a values table of this "
+                        f"pipeline); {fix}")
+    if len(values) == 0:
+        raise UserError(f"{what} {path} has no rows; {fix}")
+    for column, kind in checked.items():
+        col = values[column]
+        if col.isna().any():
+            raise UserError(f"{what} {path}: column '{column}' has a missing or NaN value (row "
+                            f"{int(np.flatnonzero(col.isna().to_numpy())[0])}); {fix}")
+        ok = {"int": pd.api.types.is_integer_dtype, "float": pd.api.types.is_numeric_dtype,
+              "str": lambda c: pd.api.types.infer_dtype(c, skipna=False) == "string"}[kind](col)
+        if not ok or (kind == "float" and pd.api.types.is_bool_dtype(col)):
+            raise UserError(f"{what} {path}: column '{column}' holds {col.dtype} values, expected {kind}; {fix}")
+    spectrum = values["metric"] == "spectrum"
+    if spectrum.any() and ("k" not in values.columns or values.loc[spectrum, "k"].isna().any()):
+        raise UserError(f"{what} {path}: spectrum rows need the bin index 'k'; {fix}")
+    return values
+
+#: The scale each scalar metric's shape is read on, so that one tolerance means "changes by more than a
+#: factor 2**tol" for both (entropy is already a log2 quantity; magnitude is not).
+METRIC_SHAPE_SCALE = {"entropy": "linear", "magnitude": "log2"}
 
 
 def reduce_activations(
@@ -27,6 +85,7 @@ def reduce_activations(
     *,
     bins: int = 100,
     range_policy: str = "global",
+    shape_tolerance: float,
     chunk_images: int = 64,
     model_label: str = "teacher",
     checkpoint: str = "final",
@@ -39,6 +98,7 @@ def reduce_activations(
         npz_path: Written by the extract step.
         bins: Entropy histogram bins.
         range_policy: ``"global"`` (one range over all layers, the paper's) or ``"per_layer"``.
+        shape_tolerance: Tolerance of the summary's shape classes (params ``analysis.shape_tolerance``).
         chunk_images: Images read at once (bounds memory).
         model_label: Value of the ``model`` column.
         checkpoint: Value of the ``checkpoint`` column (``final`` for a trained teacher).
@@ -86,14 +146,13 @@ def reduce_activations(
         rows.extend({**layer, "metric": "spectrum", "k": k, "value": float(v)}
                     for k, v in enumerate(result["spectrum"][i]))
     values = pd.DataFrame(rows).assign(**common)
-    values = values[["model", "arch", "checkpoint", "epoch", "layer", "layer_name", "metric", "k", "value",
-                     "n_images", "bins", "range_policy", "range_min", "range_max", "weights_hash",
-                     "manifest_hash"]]
+    values = values[list(VALUES_COLUMNS)]
     values = values.astype({"k": "Int64", "epoch": "Int64"})
 
     summary = pd.DataFrame([
         {"model": model_label, "checkpoint": checkpoint, "epoch": epoch, "metric": metric,
-         **profile_summary(np.asarray(result[metric]))}
+         **profile_summary(np.asarray(result[metric]), tol=shape_tolerance,
+                           scale=METRIC_SHAPE_SCALE[metric])}
         for metric in SCALAR_METRICS
     ]).astype({"epoch": "Int64"})
     return values, summary
@@ -116,10 +175,11 @@ def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
     with atomic_outputs(args.out, args.summary) as (values_tmp, summary_tmp):
         values, summary = reduce_activations(
             args.activations, bins=analysis["bins"], range_policy=analysis["range_policy"],
-            chunk_images=analysis["chunk_images"], model_label=args.model_label,
-            checkpoint=args.checkpoint, epoch=args.epoch)
+            shape_tolerance=analysis["shape_tolerance"], chunk_images=analysis["chunk_images"],
+            model_label=args.model_label, checkpoint=args.checkpoint, epoch=args.epoch)
         values.to_parquet(values_tmp, index=False)
         summary.to_parquet(summary_tmp, index=False)
     entropy = summary.set_index("metric").loc["entropy"]
     print(f"{len(values)} rows -> {args.out}; entropy minimum at layer {entropy['argmin_layer']}, "
-          f"drop {entropy['drop']:.3f}, rise {entropy['rise']:.3f}, U-shaped: {bool(entropy['u_shaped'])}")
+          f"drop {entropy['drop']:.3f}, rise {entropy['rise']:.3f}, shape: {entropy['shape']} "
+          f"(tolerance {entropy['shape_tolerance']:g} bits)")

@@ -4,7 +4,14 @@ Reads the JSON-lines logs that DeiT-style training writes (one object per epoch;
 published logs and this pipeline's ``train`` step share the format), summarises each run
 (best / final top-1, best epoch) and aggregates runs that differ only in their seed into one table
 row: mean, sample standard deviation and a 95% Student-t interval over seeds, plus the difference to
-the SoftKD baseline trained for the same number of epochs. Writers emit the table as CSV (full
+the SoftKD baseline of the same source trained for the same number of epochs.
+
+Every row has a ``source``: ``this pipeline`` (our grid runs) or ``authors' released`` (the authors'
+published logs). Sources are never merged: a published log and one of our runs with the same
+configuration and seed are two rows, and each row's statistics and its difference to SoftKD use runs of
+its own source only. The authors' ProjectorKD logs are method ``ProjectorKD (released)``
+(``projectorkd_released``: their code trained a projector frozen at its random initialisation), not
+the paper's ProjectorKD. Writers emit the table as CSV (full
 precision, for machines), GitHub Markdown and a booktabs LaTeX tabular (two decimals, for people).
 
 The reported "best top-1" is, as in the paper, the highest per-epoch evaluation accuracy of a run:
@@ -25,10 +32,18 @@ import numpy as np
 import pandas as pd
 
 from ._io import atomic_outputs
+from .config import METHOD_NAMES
 from .errors import UserError
 
 #: Method name of the baseline that ``delta_vs_softkd`` is measured against.
 BASELINE_METHOD = "SoftKD"
+
+#: ``source`` of a run trained by this pipeline (``--runs-dir``).
+SOURCE_PIPELINE = "this pipeline"
+#: ``source`` of the authors' published logs (``--published-logs``, reference/logs).
+SOURCE_RELEASED = "authors' released"
+#: The sources, in the order Table 1 lists them.
+SOURCES = (SOURCE_PIPELINE, SOURCE_RELEASED)
 
 #: Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (index = df). Hard-coded because
 #: scipy is not a dependency; tests check each against the closed-form t CDF for integer df.
@@ -47,14 +62,14 @@ _Z975 = 1.96
 
 #: Columns of :func:`table1`'s result, in order.
 TABLE1_COLUMNS = (
-    "method", "label", "layers", "beta", "epochs", "n_seeds", "seeds",
+    "source", "method", "label", "layers", "beta", "epochs", "n_seeds", "seeds",
     "best_top1", "best_top1_std", "best_top1_ci_low", "best_top1_ci_high",
     "best_epoch", "best_epochs", "final_top1", "gap_best_final", "top5_at_best",
     "delta_vs_softkd", "logs",
 )
 #: Column dtypes for reading a written CSV back (``seeds``/``best_epochs`` are ";"-joined lists).
 _TABLE1_DTYPES = {
-    "method": "string", "label": "string", "layers": "string", "beta": "float64", "epochs": "int64",
+    "source": "string", "method": "string", "label": "string", "layers": "string", "beta": "float64", "epochs": "int64",
     "n_seeds": "int64", "seeds": "string", "best_top1": "float64", "best_top1_std": "float64",
     "best_top1_ci_low": "float64", "best_top1_ci_high": "float64", "best_epoch": "Int64",
     "best_epochs": "string", "final_top1": "float64", "gap_best_final": "float64",
@@ -62,7 +77,8 @@ _TABLE1_DTYPES = {
 }
 
 #: The authors' published logs (reference/logs in the repository) that correspond to a paper Table 1 row:
-#: file name -> (method, layers, beta, epochs). The MAE-teacher logs are not in the paper's table.
+#: file name -> (method, layers, beta, epochs). The MAE-teacher logs are not in the paper's table. Their
+#: ProjectorKD runs trained a frozen random projector: method ``projectorkd_released``, not ``projectorkd``.
 PUBLISHED_TABLE1_LOGS: dict[str, tuple[str, str, float | None, int]] = {
     "SoftKD.txt": ("SoftKD", "-", None, 300),
     "SoftKD_500_epochs.txt": ("SoftKD", "-", None, 500),
@@ -70,10 +86,14 @@ PUBLISHED_TABLE1_LOGS: dict[str, tuple[str, str, float | None, int]] = {
     "SpectralKD_First_1.txt": ("SpectralKD", "F1", 0.2, 300),
     "SpectralKD_Last_1.txt": ("SpectralKD", "L1", 0.2, 300),
     "SpectralKD_Last_1_500_epochs.txt": ("SpectralKD", "L1", 0.2, 500),
-    "ProjectorKD_First_1.txt": ("ProjectorKD", "F1", 0.2, 300),
-    "ProjectorKD_Last_1.txt": ("ProjectorKD", "L1", 0.2, 300),
-    "ProjectorKD_First_1_Last_1.txt": ("ProjectorKD", "F1 L1", 0.2, 300),
+    "ProjectorKD_First_1.txt": (METHOD_NAMES["projectorkd_released"], "F1", 0.2, 300),
+    "ProjectorKD_Last_1.txt": (METHOD_NAMES["projectorkd_released"], "L1", 0.2, 300),
+    "ProjectorKD_First_1_Last_1.txt": (METHOD_NAMES["projectorkd_released"], "F1 L1", 0.2, 300),
 }
+
+SOURCE_CAPTION = (f"Source: \"{SOURCE_RELEASED}\" rows are the authors' published logs (reference/logs; their "
+                  f"ProjectorKD ran a frozen random projector, \"ProjectorKD (released)\"), \"{SOURCE_PIPELINE}\" "
+                  "rows are runs of this pipeline; rows of different sources are never pooled.")
 
 SINGLE_SEED_CAPTION = ("Single seed per row: best-vs-final differences (up to 0.1 points in the published logs) "
                        "are as large as the differences between methods.")
@@ -213,6 +233,7 @@ class RunSpec:
         log_path: The run's JSON-lines log.
         label: Display name for the row (default: ``method``). Runs of one row must not carry
             different labels: that would mean they are different configurations.
+        source: Who ran it, one of :data:`SOURCES`; runs of different sources are never one row.
     """
 
     method: str
@@ -222,18 +243,20 @@ class RunSpec:
     seed: int
     log_path: Path
     label: str | None = None
+    source: str = SOURCE_PIPELINE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_path", Path(self.log_path))
 
     @property
-    def key(self) -> tuple[str, str, float | None, int]:
-        """The grouping key ``(method, layers, beta, epochs)``."""
-        return (self.method, self.layers, self.beta, self.epochs)
+    def key(self) -> tuple[str, str, str, float | None, int]:
+        """The grouping key ``(source, method, layers, beta, epochs)``."""
+        return (self.source, self.method, self.layers, self.beta, self.epochs)
 
 
 def published_table1_runs(logs_dir: str | os.PathLike) -> list[RunSpec]:
-    """RunSpecs for the authors' published logs that have a paper Table 1 row (seed 0 each).
+    """RunSpecs for the authors' published logs that have a paper Table 1 row (seed 0 each, source
+    :data:`SOURCE_RELEASED`).
 
     Args:
         logs_dir: The directory holding the published logs (``reference/logs``).
@@ -242,7 +265,8 @@ def published_table1_runs(logs_dir: str | os.PathLike) -> list[RunSpec]:
         Nine runs, in :data:`PUBLISHED_TABLE1_LOGS` order.
     """
     logs_dir = Path(logs_dir)
-    return [RunSpec(method=m, layers=layers, beta=beta, epochs=epochs, seed=0, log_path=logs_dir / name)
+    return [RunSpec(method=m, layers=layers, beta=beta, epochs=epochs, seed=0, log_path=logs_dir / name,
+                    source=SOURCE_RELEASED)
             for name, (m, layers, beta, epochs) in PUBLISHED_TABLE1_LOGS.items()]
 
 
@@ -259,6 +283,8 @@ def t_quantile_975(df: int) -> float:
 
 def _validate_spec(spec: RunSpec) -> None:
     where = f"run {spec.log_path}"
+    if spec.source not in SOURCES:
+        raise UserError(f"{where} has source = {spec.source!r}; give one of {', '.join(map(repr, SOURCES))}")
     if not isinstance(spec.method, str) or not spec.method.strip():
         raise UserError(f"{where} has an empty method name; name the method, e.g. 'SoftKD'")
     if not isinstance(spec.layers, str) or not spec.layers.strip():
@@ -281,7 +307,10 @@ def _check_complete(spec: RunSpec, log: pd.DataFrame) -> None:
 
 
 def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataFrame:
-    """Aggregate runs into Table 1: one row per (method, layers, beta, epochs), over seeds.
+    """Aggregate runs into Table 1: one row per (source, method, layers, beta, epochs), over seeds.
+
+    Runs of different sources (:data:`SOURCES`) are never one row and never one statistic: a published
+    log and a run of ours with the same configuration and seed are two rows.
 
     Per row: ``n_seeds``; ``seeds`` and ``best_epochs`` (";"-joined, in seed order);
     ``best_top1`` (mean over seeds of each run's best top-1), ``best_top1_std`` (sample std,
@@ -289,10 +318,10 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
     NaN for one seed); ``best_epoch`` (the best epoch for a single seed, <NA> for several: a mean of
     per-seed argmax epochs is not an epoch of any run, so the per-seed list is in ``best_epochs``);
     ``final_top1`` and ``gap_best_final`` and ``top5_at_best`` (means); ``delta_vs_softkd``
-    (``best_top1`` minus the baseline row's with the SAME epochs: the row with method ``baseline``,
-    layers ``"-"``, beta None; NaN without one; 0 on the baseline row); ``label`` (display name);
-    ``logs`` (";"-joined log paths). Rows: the baseline first, then by method, layers, beta
-    (None first), epochs.
+    (``best_top1`` minus the baseline row's with the SAME source and epochs: the row with method
+    ``baseline``, layers ``"-"``, beta None; NaN without one; 0 on the baseline row); ``label``
+    (display name); ``logs`` (";"-joined log paths). Rows: by source (:data:`SOURCES` order), then the
+    baseline first, then by method, layers, beta (None first), epochs.
 
     Args:
         runs: The runs; each log must hold exactly its planned epochs.
@@ -315,12 +344,12 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
         groups.setdefault(spec.key, []).append((spec, run_summary(log)))
 
     rows = []
-    for (method, layers, beta, epochs), members in groups.items():
+    for (source, method, layers, beta, epochs), members in groups.items():
         members.sort(key=lambda m: m[0].seed)
         seeds = [m[0].seed for m in members]
         if len(set(seeds)) != len(seeds):
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
-            raise UserError(f"seed(s) {dup} listed twice for {method} {layers} beta={beta} {epochs} ep "
+            raise UserError(f"seed(s) {dup} listed twice for {source} {method} {layers} beta={beta} {epochs} ep "
                             f"({'; '.join(str(m[0].log_path) for m in members)}); list each run once")
         labels = {m[0].label for m in members if m[0].label is not None}
         if len(labels) > 1:
@@ -336,6 +365,7 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
         else:
             std = lo = hi = float("nan")
         rows.append({
+            "source": source,
             "method": method,
             "label": labels.pop() if labels else method,
             "layers": layers,
@@ -357,13 +387,17 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
             "_is_baseline": method == baseline and layers == "-" and beta is None,
         })
     df = pd.DataFrame(rows)
-    base = df[df["_is_baseline"]].set_index("epochs")["best_top1"]
-    df["delta_vs_softkd"] = df["best_top1"] - df["epochs"].map(base)
-    # Sort key: baseline first; beta None (stored as NaN) before any value.
+    # Each row against the baseline of its own source: never one source's runs against the other's.
+    base = df[df["_is_baseline"]].set_index(["source", "epochs"])["best_top1"]
+    df["delta_vs_softkd"] = df["best_top1"] - pd.Series(
+        [base.get((src, ep), np.nan) for src, ep in zip(df["source"], df["epochs"])], index=df.index)
+    # Sort key: source, baseline first; beta None (stored as NaN) before any value.
+    df["_source_order"] = df["source"].map(SOURCES.index)
     df["_not_baseline"] = df["method"] != baseline
     df["_beta_set"] = df["beta"].notna()
-    df = df.sort_values(["_not_baseline", "method", "layers", "_beta_set", "beta", "epochs"], kind="stable")
-    df = df.drop(columns=["_is_baseline", "_not_baseline", "_beta_set"]).reset_index(drop=True)
+    df = df.sort_values(["_source_order", "_not_baseline", "method", "layers", "_beta_set", "beta", "epochs"],
+                        kind="stable")
+    df = df.drop(columns=["_is_baseline", "_source_order", "_not_baseline", "_beta_set"]).reset_index(drop=True)
     df = df[list(TABLE1_COLUMNS)].astype(_TABLE1_DTYPES)
     df.attrs["baseline"] = baseline
     return df
@@ -427,17 +461,20 @@ def table1_markdown(df: pd.DataFrame) -> str:
         The Markdown text (ends with a newline).
     """
     _check_table(df)
-    header = ["method", "layers", "beta", "epochs", "seeds", "best top-1 (epoch)", "final top-1",
+    header = ["source", "method", "layers", "beta", "epochs", "seeds", "best top-1 (epoch)", "final top-1",
               f"Δ vs {_baseline_name(df)}"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * 6) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["--:"] * 6) + "|"]
     for _, r in df.iterrows():
-        cells = [_md_escape(r["label"]), _md_escape(r["layers"]), _beta_text(r["beta"]), str(r["epochs"]),
-                 str(r["n_seeds"]), _best_cell(r, " ± "), _fmt(r["final_top1"]), _fmt(r["delta_vs_softkd"], True)]
+        cells = [_md_escape(r["source"]), _md_escape(r["label"]), _md_escape(r["layers"]), _beta_text(r["beta"]),
+                 str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, " ± "), _fmt(r["final_top1"]),
+                 _fmt(r["delta_vs_softkd"], True)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Top-1 (%): the best epoch's test top-1 (model selection on the evaluation set, as in the paper); "
                  "several seeds: mean ± sample std [95% Student-t interval]; final top-1 = last epoch (mean); "
-                 f"Δ = best top-1 minus {_baseline_name(df)}'s with the same epochs.")
+                 f"Δ = best top-1 minus {_baseline_name(df)}'s with the same source and epochs.")
+    lines.append("")
+    lines.append(SOURCE_CAPTION)
     if (df["n_seeds"] == 1).all():
         lines.append("")
         lines.append(f"{SINGLE_SEED_CAPTION} Largest best-vs-final gap in this table: "
@@ -462,16 +499,16 @@ def table1_latex(df: pd.DataFrame) -> str:
     def dash(text: str) -> str:
         return "--" if text == "-" else tex_escape(text)
 
-    header = ["Method", "Layers", r"$\beta$", "Epochs", "Seeds", "Best top-1 (epoch)", "Final top-1",
+    header = ["Source", "Method", "Layers", r"$\beta$", "Epochs", "Seeds", "Best top-1 (epoch)", "Final top-1",
               rf"$\Delta$ vs {tex_escape(_baseline_name(df))}"]
     lines = ["% Generated by pipeline_steps.tables; requires \\usepackage{booktabs}.",
-             r"\begin{tabular}{llrrrrrr}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+             r"\begin{tabular}{lllrrrrrr}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     for _, r in df.iterrows():
         final = "--" if pd.isna(r["final_top1"]) else f"{r['final_top1']:.2f}"
-        cells = [tex_escape(r["label"]), dash(r["layers"]), dash(_beta_text(r["beta"])), str(r["epochs"]),
-                 str(r["n_seeds"]), _best_cell(r, r" $\pm$ "), final, signed(r["delta_vs_softkd"])]
+        cells = [tex_escape(r["source"]), tex_escape(r["label"]), dash(r["layers"]), dash(_beta_text(r["beta"])),
+                 str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, r" $\pm$ "), final, signed(r["delta_vs_softkd"])]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}", "% " + SOURCE_CAPTION]
     if (df["n_seeds"] == 1).all():
         lines.append("% " + SINGLE_SEED_CAPTION)
     return "\n".join(lines) + "\n"
@@ -530,21 +567,36 @@ def read_table1(path: str | os.PathLike) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ CLI
 
 def grid_runs(params: dict, runs_dir: str | os.PathLike) -> list[RunSpec]:
-    """RunSpecs for the config's distillation grid, reading ``<runs_dir>/<run id>/log.txt``."""
+    """RunSpecs for the config's distillation grid (source :data:`SOURCE_PIPELINE`), reading
+    ``<runs_dir>/<run id>/log.txt``."""
     from .config import FEATURE_METHODS, METHOD_NAMES, distill_runs, layers_text
 
     return [RunSpec(method=METHOD_NAMES[run.method], layers=layers_text(run.layers),
                     beta=run.beta if run.method in FEATURE_METHODS else None, epochs=run.epochs, seed=run.seed,
-                    log_path=Path(runs_dir) / run.run_id / "log.txt", label=run.label)
+                    log_path=Path(runs_dir) / run.run_id / "log.txt", label=run.label, source=SOURCE_PIPELINE)
             for run in distill_runs(params)]
 
 
+def table1_row_name(row: pd.Series) -> str:
+    """A Table 1 row's name, unique in any table: its source and whole configuration (not its label).
+
+    E.g. ``"this pipeline: SoftKD, 300 ep"``, ``"authors' released: SpectralKD L1, beta 0.2, 300 ep"``.
+    """
+    parts = [row["method"] if row["layers"] == "-" else f"{row['method']} {row['layers']}"]
+    if not pd.isna(row["beta"]):
+        parts.append(f"beta {float(row['beta'])!r}")
+    parts.append(f"{row['epochs']} ep")
+    return f"{row['source']}: {', '.join(parts)}"
+
+
 def table1_metrics(df: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Table 1 as a ``dvc metrics`` JSON: row label -> its numbers (NaN left out)."""
+    """Table 1 as a ``dvc metrics`` JSON: :func:`table1_row_name` -> its numbers (NaN left out)."""
     keys = ("best_top1", "best_top1_std", "final_top1", "gap_best_final", "delta_vs_softkd", "n_seeds")
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for _, row in df.iterrows():
-        name = f"{row['label']} ({row['epochs']} ep)" if df["epochs"].nunique() > 1 else str(row["label"])
+        name = table1_row_name(row)
+        if name in out:  # table1() makes one row per (source, method, layers, beta, epochs)
+            raise UserError(f"two Table 1 rows are both '{name}'; build the table with tables.table1")
         out[name] = {k: float(row[k]) for k in keys if not pd.isna(row[k])}
     return out
 
@@ -553,7 +605,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs-dir", default=None, metavar="DIR",
                         help="tabulate the config's distill grid from DIR/<run id>/log.txt (results/runs)")
     parser.add_argument("--published-logs", default=None, metavar="DIR",
-                        help="also tabulate the authors' published logs found in DIR (reference/logs)")
+                        help="also tabulate the authors' published logs found in DIR (reference/logs), as rows "
+                             "of source \"authors' released\", never pooled with the grid's runs")
     parser.add_argument("--out", required=True, metavar="STEM",
                         help="output stem: writes STEM.csv, STEM.md, STEM.tex and STEM.json (dvc metrics)")
 
@@ -566,4 +619,4 @@ def main(args, params: dict) -> None:
         raise UserError("no runs to tabulate; pass --runs-dir results/runs (the config's grid) and/or "
                         "--published-logs DIR")
     df = table1(runs)
-    write_table1(df, args.out, metrics=True)
+    write_table1(df, args.out, metrics=True)  # the metrics are computed before anything is committed

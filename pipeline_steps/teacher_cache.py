@@ -7,7 +7,9 @@ Usage::
         --out results/teacher/cache.safetensors
 
 Holds ``logits`` ``[N, K]`` and ``features.<i>`` ``[N, C, H, W]`` (float32, training-set order) for every
-teacher block any run of the grid pairs with. Valid only for a recipe without augmentation, where the
+teacher block any run of the grid pairs with, and in its metadata what it was made from (the training set's
+identity and size, the teacher's weights hash, the blocks; :func:`cache_metadata`), which the distill step
+checks before using it. Valid only for a recipe without augmentation, where the
 student sees the same images every epoch; the distill step then reads rows instead of running the teacher.
 """
 
@@ -35,12 +37,30 @@ def run(params: dict, out: str | os.PathLike, *, teacher_weights: str | os.PathL
     teacher = create_model(teacher_spec(params, teacher_weights), weights_path=teacher_weights)
     student = build_student(params, 0)
     layers = teacher_layers_of_grid(params, num_blocks(student), num_blocks(teacher))
-    train_set = open_dataset(params, "train", synthetic_path=synthetic_path)
+    train_set = open_dataset(params, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
     device = "cuda" if params["distill"]["train"]["device"] != "cpu" and torch.cuda.is_available() else "cpu"
     cache = compute_teacher_cache(teacher, train_set, layers, device=device, progress=progress)
-    meta = {"layers": json.dumps(layers), "n_images": str(len(train_set))}
-    write_safetensors(out, cache, meta)
+    write_safetensors(out, cache, cache_metadata(train_set, teacher, layers))
     return layers
+
+
+#: ``format`` in the cache's metadata; a file without it (or another value) is not a cache of this version.
+CACHE_FORMAT = "distillation-dynamics/teacher-cache/2"
+
+
+def cache_metadata(train_set: Any, teacher: Any, layers: list[int]) -> dict[str, str]:
+    """What a teacher cache was made from, stored in its safetensors metadata and compared by the distill
+    step: the training set's identity and size, the teacher's weights hash, and the cached blocks.
+
+    Args:
+        train_set: The training split (a dataset of :mod:`pipeline_steps.data`, with ``identity()``).
+        teacher: The teacher model.
+        layers: The teacher blocks whose outputs are cached.
+    """
+    from .models import weights_hash
+
+    return {"format": CACHE_FORMAT, "layers": json.dumps(sorted(layers)), "n_images": str(len(train_set)),
+            "dataset_identity": train_set.identity(), "teacher_weights_hash": weights_hash(teacher)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ Run directory (``out_dir``)::
     model.safetensors                final weights (written last: its presence means the run finished)
     best.safetensors                 weights of the best test top-1 epoch
     checkpoints.json                 the kept checkpoints (epoch, path, sha256), for the evolution analysis
+    environment.json                 what each attempt (start, resume) computed with: versions, device, CPU
+                                     vector ISA, threads, processes (:mod:`environment`)
     checkpoints/epoch_NNNN.safetensors   weights after NNNN epochs: 0, every ``checkpoint_every``, the last
     resume/step_NNNNNNNNN.{safetensors,state.pt}   the newest training state (weights + optimizer,
                                      scheduler, scaler, objective, RNG, log rows, position in the epoch)
@@ -61,8 +63,13 @@ from tqdm import tqdm
 
 from ._io import atomic_path, sha256_file, write_json, write_text
 from .config import recipe_augments
+from .environment import describe
 from .errors import Interrupted, UserError
 from .losses import AUTHORS_LOG_NAMES, DistillMethod, build_method, order_features
+
+
+#: DeiT's ``--color-jitter`` default, used by the ImageFolder training transform (:func:`training_view`).
+DEIT_COLOR_JITTER = 0.4
 
 
 @dataclass(frozen=True)
@@ -204,9 +211,12 @@ class Augmented(Dataset):
 def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
     """``dataset`` as the training loop sees it: with RandAugment and random erasing when the recipe asks.
 
-    ImageFolder data gets DeiT's full training transform (timm ``create_transform``: random resized crop,
-    flip, colour jitter, RandAugment, random erasing); generated data (already the model's input size) gets
-    RandAugment and random erasing only. Without augmentation the dataset is returned as is.
+    ImageFolder data gets DeiT's full training transform (timm ``create_transform``: random resized crop to
+    the dataset's crop size, bicubic, flip, colour jitter 0.4 (DeiT's default), RandAugment, random erasing,
+    the dataset's mean and std); generated data (already the model's input size) gets RandAugment and random
+    erasing only. Without augmentation the dataset is returned as is: open it with
+    ``open_dataset(..., preprocessing="evaluation")`` (``dataset.eval_preprocess``, DeiT's evaluation
+    transform), which also gives this view its crop size, mean and std.
     """
     if not (recipe.randaugment or recipe.reprob > 0):
         return dataset
@@ -221,7 +231,7 @@ def training_view(dataset: Dataset, recipe: Recipe) -> Dataset:
         p = dataset.preprocess
         train_view = copy.copy(dataset)  # same file list; only the (cached) transform differs
         train_view.__dict__["transform"] = create_transform(
-            int(p["crop"]), is_training=True, color_jitter=0.3, auto_augment=recipe.randaugment,
+            int(p["crop"]), is_training=True, color_jitter=DEIT_COLOR_JITTER, auto_augment=recipe.randaugment,
             interpolation="bicubic", re_prob=recipe.reprob, re_mode="pixel", re_count=1,
             mean=tuple(p["mean"]), std=tuple(p["std"]))
         _posterize_zero_bits(train_view.__dict__["transform"])
@@ -325,7 +335,7 @@ def compute_teacher_cache(model: nn.Module, dataset: Dataset, layers: Sequence[i
 class Trainee(nn.Module):
     """The student and its objective as one module: what DDP wraps, what the optimizer and checkpoints see.
 
-    The objective's trainable parameters (ProjectorKD's projector and BN) are parameters of this module, so
+    The objective's trainable parameters (ProjectorKD's projectors) are parameters of this module, so
     they are optimised, averaged across ranks and saved with the student.
     """
 
@@ -456,6 +466,8 @@ class Position:
     rows: list[dict[str, Any]] = field(default_factory=list)
     best_acc1: float = -1.0
     kept: list[dict[str, Any]] = field(default_factory=list)
+    #: One :func:`environment.describe` record per attempt (start or resume) of the run, with where it began.
+    environments: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RunDirectory:
@@ -489,6 +501,11 @@ class RunDirectory:
                               "sha256": sha256_file(path)})
         self.write_manifest(position)
 
+    def write_environments(self, position: Position) -> None:
+        """environment.json: what each attempt of the run computed with (see :mod:`environment`)."""
+        write_json(self.path / "environment.json", {"run_id": self.metadata.get("run_id", self.path.name),
+                                                    "attempts": position.environments})
+
     def write_manifest(self, position: Position) -> None:
         write_json(self.path / "checkpoints.json", {"run_id": self.metadata.get("run_id", self.path.name),
                                                    "epochs": self.metadata.get("epochs"),
@@ -502,7 +519,7 @@ class RunDirectory:
         state = {
             "fingerprint": self.fingerprint, "weights_sha256": sha256_file(weights), "step": step,
             "epoch": position.epoch, "batch": position.batch, "sums": position.sums, "rows": position.rows,
-            "best_acc1": position.best_acc1, "kept": position.kept,
+            "best_acc1": position.best_acc1, "kept": position.kept, "environments": position.environments,
             "objective": trainee.objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
         }
@@ -652,7 +669,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         position = Position(epoch=state["epoch"], batch=state["batch"], sums=state["sums"], rows=state["rows"],
-                            best_acc1=state["best_acc1"], kept=state["kept"])
+                            best_acc1=state["best_acc1"], kept=state["kept"],
+                            environments=state.get("environments", []))
         step = state["step"]
         if position.batch:
             _set_rng_state(state["rng"])
@@ -660,6 +678,11 @@ def train(
             tqdm.write(f"{run.path}: resuming at epoch {position.epoch} batch {position.batch}")
     elif procs.main:
         run.keep_checkpoint(student, 0, position)
+    if position.epoch < recipe.epochs:  # an attempt that trains (a finished run run again only rewrites)
+        position.environments.append({"from_epoch": position.epoch, "from_batch": position.batch,
+                                      **describe(device, procs.world)})
+    if procs.main:
+        run.write_environments(position)
     model = nn.parallel.DistributedDataParallel(trainee) if procs.world > 1 else trainee
 
     with _TermFlag() as term:
@@ -718,7 +741,7 @@ def train(
             seconds = time.perf_counter() - start
             n_batches = position.batch
             position = Position(epoch=epoch + 1, rows=position.rows, best_acc1=position.best_acc1,
-                                kept=position.kept)
+                                kept=position.kept, environments=position.environments)
             if procs.main:
                 test = evaluate(student, test_loader, device, autocast)
                 row = {"train_lr": sums["lr"] / n_batches, "train_loss": sums["loss"] / n_batches}

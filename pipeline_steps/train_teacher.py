@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from .config import SYNTHETIC_PATH, select
+from .config import SYNTHETIC_PATH, TRAINING_DATA_PARAMS, select
 from .errors import UserError
 
 
@@ -39,14 +39,14 @@ def run(params: dict[str, Any], out_dir: str | Path, *, synthetic_path: str | Pa
         raise UserError(f"teacher.model.weights.source is '{spec['weights']['source']}', not 'train'; "
                         "the train-teacher step only runs for a teacher trained by this pipeline")
     recipe = Recipe.from_params(teacher["train"])
-    train_set = open_dataset(params, "train", synthetic_path=synthetic_path)
-    test_set = open_dataset(params, "test", synthetic_path=synthetic_path)
+    train_set = open_dataset(params, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
+    test_set = open_dataset(params, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
     init = copy.deepcopy(spec)
     init["weights"] = {"source": "random", "seed": recipe.seed, "tag": None, "path": None}
     model = create_model(init)
     check_num_classes(model, len(train_set.classes), where="teacher.model.kwargs.num_classes")
     data_files = [synthetic_path] if params["dataset"]["kind"] == "synthetic" else []
-    fingerprint = run_fingerprint(select(params, ("dataset", "teacher.model", "teacher.train")), data_files)
+    fingerprint = run_fingerprint(select(params, (*TRAINING_DATA_PARAMS, "teacher.model", "teacher.train")), data_files)
     return train(model, train_set, test_set, recipe, out_dir, fingerprint=fingerprint, progress=progress,
                  metadata={"arch": spec["arch"], "kwargs": spec["kwargs"], "run_id": teacher["name"]})
 

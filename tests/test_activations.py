@@ -7,6 +7,7 @@ import json
 import sys
 import types
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,13 @@ def _fake_data_module(images: torch.Tensor, labels: torch.Tensor) -> types.Modul
     mod.ManifestDataset = ManifestDataset
     mod.open_dataset = lambda params, split, synthetic_path=None: TensorDataset(images, labels)
     mod.manifest_hash = lambda df: "h" + str(len(df))
+
+    def read_manifest(path):  # the real one also checks every column this test's manifest leaves out
+        if not Path(path).is_file():
+            raise UserError(f"sample manifest not found: {path}; run the sample step first")
+        return pd.read_parquet(path)
+
+    mod.read_manifest = read_manifest
     return mod
 
 

@@ -23,7 +23,7 @@ from pipeline_steps.data import (CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, IMG_E
                                  write_synthetic)
 from pipeline_steps.errors import UserError
 
-from conftest import assert_one_line_error, run_step
+from conftest import REPO, assert_one_line_error, run_step
 
 TINY = dict(num_classes=10, image_size=32, train_size=200, test_size=50, seed=0, progress=False)
 PREPROCESS = validate_params({})["dataset"]["preprocess"]
@@ -174,6 +174,81 @@ def test_imagefolder_order_ids_and_preprocessing(tmp_path):
     # The analysis dataset for params with kind: imagefolder, split test = val_dir.
     params = validate_params({"dataset": {"kind": "imagefolder", "imagefolder": {"root": str(root)}}})
     assert open_dataset(params, "test").ids == ds.ids
+
+
+def _write_photo_like_tree(root):
+    """Train and val folders of textured images (a smooth gradient plus seeded noise, where the resize
+    interpolation matters), PNG and JPEG, landscape and portrait, none already at 256 px."""
+    rng = np.random.default_rng(7)
+    for split in ("train", "val"):
+        for cls, (name, size) in {"n01_a": ("img0.JPEG", (300, 200)), "n02_b": ("img1.png", (237, 411))}.items():
+            w, h = size
+            yy, xx = np.mgrid[0:h, 0:w]
+            base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], axis=-1)
+            pixels = np.clip(base + rng.normal(0, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
+            path = root / split / cls / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path, quality=90)
+    return root
+
+
+def test_paper_preset_analysis_and_evaluation_transforms(tmp_path):
+    from timm.data import create_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    from torchvision import transforms as T
+
+    from pipeline_steps.config import load_params
+    from pipeline_steps.train import Recipe, training_view
+
+    root = _write_photo_like_tree(tmp_path / "imagenet")
+    params = load_params([REPO / "configs" / "paper.yaml"])
+    params["dataset"]["imagefolder"]["root"] = str(root)
+    analysis = open_dataset(params, "test")
+    evaluation = open_dataset(params, "test", preprocessing="evaluation")
+    normalize = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    # The paper's analysis preprocessing, and DeiT's evaluation transform (datasets.build_transform with
+    # is_train=False: Resize(int(224 / 0.875)) with interpolation 3 = bicubic, CenterCrop 224).
+    expected_analysis = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224),
+                                   T.ToTensor(), normalize])
+    expected_eval = T.Compose([T.Resize(int(224 / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+                               T.CenterCrop(224), T.ToTensor(), normalize])
+    timm_eval = create_transform(224, is_training=False, interpolation="bicubic", crop_pct=0.875)
+    for index in range(len(analysis)):
+        image = Image.open(analysis.paths[index]).convert("RGB")
+        x_analysis, x_eval = analysis[index][0], evaluation[index][0]
+        assert x_analysis.shape == x_eval.shape == (3, 224, 224)
+        assert torch.equal(x_analysis, expected_analysis(image))
+        assert torch.equal(x_eval, expected_eval(image))
+        torch.testing.assert_close(x_eval, timm_eval(image), rtol=0, atol=1e-6)
+        assert (x_eval - x_analysis).abs().mean() > 0.01  # bicubic vs bilinear: visibly different inputs
+
+    # Training (paper recipe: RandAugment, random erasing): timm's DeiT transform with the evaluation
+    # transform's crop size, mean and std, and colour jitter 0.4 ...
+    def training_steps(params: dict, **recipe_changes) -> list:
+        train_set = open_dataset(params, "train", preprocessing="evaluation")
+        recipe = Recipe.from_params({**params["distill"]["train"], **recipe_changes})
+        return training_view(train_set, recipe).transform.transforms
+
+    def crop_mean_std(steps: list) -> tuple:
+        (crop,) = [t for t in steps if isinstance(t, RandomResizedCropAndInterpolation)]
+        (norm,) = [t for t in steps if isinstance(t, T.Normalize)]
+        return crop.size, crop.interpolation, norm.mean.tolist(), norm.std.tolist()
+
+    steps = training_steps(params)
+    assert crop_mean_std(steps) == ((224, 224), T.InterpolationMode.BICUBIC, pytest.approx([0.485, 0.456, 0.406]),
+                                    pytest.approx([0.229, 0.224, 0.225]))
+    # ... which timm (as DeiT) leaves out while RandAugment is on; without RandAugment it is there, at 0.4.
+    assert not any(isinstance(t, T.ColorJitter) for t in steps)
+    (jitter,) = [t for t in training_steps(params, randaugment=None) if isinstance(t, T.ColorJitter)]
+    for factor in (jitter.brightness, jitter.contrast, jitter.saturation):
+        assert factor == pytest.approx((0.6, 1.4))
+    # No silent fallback to either transform's defaults: an incomplete one is named.
+    with pytest.raises(UserError, match="dataset.eval_preprocess lacks interpolation, mean, resize, std"):
+        ImageFolderDataset(root, "val", {"crop": 224}, key="dataset.eval_preprocess")
+    # The training crop, mean and std follow dataset.eval_preprocess (not the analysis preprocessing).
+    params["dataset"]["eval_preprocess"] = {**params["dataset"]["eval_preprocess"], "crop": 160,
+                                            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    assert crop_mean_std(training_steps(params)) == ((160, 160), T.InterpolationMode.BICUBIC, [0.5] * 3, [0.25] * 3)
 
 
 # --- sampling ----------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ train_loss, train_loss_base, train_loss_fft and test_loss within 4.2e-8 relative
 value ~1e-3) within 1.6e-6 relative, train_lr / test_acc1 / test_acc5 equal, weights within 3.2e-6
 absolute. The tolerances below are a few times that, for other CPUs' kernels.
 
-ProjectorKD is not compared: its BatchNorm normalises with each rank's own half-batch statistics (no
-SyncBatchNorm), so under DDP it optimises a slightly different objective and is not expected to match.
+ProjectorKD is not compared: its teacher-map standardisation (and the released variant's BatchNorm) uses
+each rank's own half-batch statistics (no SyncBatchNorm), so under DDP it optimises a slightly different
+objective and is not expected to match.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pipeline_steps._io import sha256_file
 from pipeline_steps.data import open_dataset
 from pipeline_steps.errors import UserError
 from pipeline_steps.evolution import read_checkpoints
+from pipeline_steps.metrics import profile_shape
 from pipeline_steps.models import create_model, save_weights
 
 from conftest import assert_one_line_error, run_step
@@ -23,7 +24,8 @@ ARCH = "vit_tiny_patch16_224"
 EPOCHS = (0, 1, 2)
 RUN_ID = "spectralkd_f1-s0"
 DATA = {"dataset": {"kind": "synthetic", "synthetic": {"train_size": 20, "test_size": 40, "seed": 0}}}
-ANALYSIS = {"batch_size": 3, "layers": "all", "bins": 100, "range_policy": "global", "chunk_images": 4}
+ANALYSIS = {"batch_size": 3, "layers": "all", "bins": 100, "range_policy": "global", "chunk_images": 4,
+            "shape_tolerance": 0.05}
 CFG = json.dumps({**DATA, "sample": {"n_images": 8}, "analysis": ANALYSIS})
 
 
@@ -88,6 +90,14 @@ def test_one_value_per_checkpoint_layer_and_metric(evolved, work):
         row = summary[(summary["epoch"] == epoch) & (summary["metric"] == "entropy")].iloc[0]
         assert row["argmin_layer"] == int(entropy[epoch].idxmin())
         assert row["drop"] == pytest.approx(entropy[epoch].iloc[0] - entropy[epoch].min(), abs=0)
+        # The shape is read with the params' tolerance: entropy in bits, magnitude on log2.
+        assert row["shape_tolerance"] == 0.05 and row["shape_scale"] == "linear"
+        assert row["shape"] == profile_shape(entropy[epoch].to_numpy(), tol=0.05)
+        assert row["u_shaped"] == (row["shape"] == "u_shaped")
+        mag_row = summary[(summary["epoch"] == epoch) & (summary["metric"] == "magnitude")].iloc[0]
+        magnitude = scalars[(scalars["metric"] == "magnitude") & (scalars["epoch"] == epoch)].sort_values("layer")
+        assert mag_row["shape_scale"] == "log2"
+        assert mag_row["shape"] == profile_shape(np.log2(magnitude["value"].to_numpy()), tol=0.05)
     assert not [p.name for p in (work / "evolution").iterdir() if p.name.startswith(".")]  # temp dir removed
 
 
@@ -108,7 +118,8 @@ def test_values_equal_the_teacher_analysis_of_each_checkpoint(evolved, work):
     cols = ["arch", "epoch", "layer", "layer_name", "metric", "k", "value", "n_images", "bins", "range_policy",
             "range_min", "range_max", "weights_hash", "manifest_hash"]
     pd.testing.assert_frame_equal(got[cols], expected[cols], check_exact=True)
-    summary_cols = ["metric", "argmin_layer", "first", "min", "last", "drop", "rise", "u_shaped"]
+    summary_cols = ["metric", "argmin_layer", "first", "min", "last", "drop", "rise", "shape", "u_shaped",
+                    "shape_tolerance", "shape_scale"]
     got_summary = evolved[1][evolved[1]["epoch"] == epoch].reset_index(drop=True)
     pd.testing.assert_frame_equal(got_summary[summary_cols], pd.read_parquet(ref_summary)[summary_cols],
                                   check_exact=True)

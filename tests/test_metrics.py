@@ -10,7 +10,7 @@ from pipeline_steps import _metrics_reference as ref
 from pipeline_steps import metrics
 from pipeline_steps.errors import UserError
 from pipeline_steps.metrics import (MetricAccumulator, RangeAccumulator, activation_magnitude,
-                                    channel_entropy, channel_spectrum, profile_summary)
+                                    channel_entropy, channel_spectrum, profile_shape, profile_summary)
 
 SHAPE = (3, 2, 16, 4, 4)  # [L, B, C, H, W]: small enough for the per-vector reference loop
 
@@ -362,26 +362,134 @@ def test_bad_entropy_options_raise_user_error():
 # ----------------------------------------------------------------------------------------------------
 
 def test_profile_summary_u_shape():
-    s = profile_summary([5.0, 3.0, 2.0, 2.5, 4.0])
+    s = profile_summary([5.0, 3.0, 2.0, 2.5, 4.0], tol=0.5)
     assert s == {"argmin_layer": 3, "argmax_layer": 1, "first": 5.0, "min": 2.0, "max": 5.0, "last": 4.0,
-                 "drop": 3.0, "rise": 2.0, "u_shaped": True}
-    assert not profile_summary([5.0, 3.0, 2.0, 2.5, 4.0], tol=2.0)["u_shaped"]  # rise is not > 2
+                 "drop": 3.0, "rise": 2.0, "shape": "u_shaped", "u_shaped": True, "shape_tolerance": 0.5,
+                 "shape_scale": "linear"}
+    at_rise = profile_summary([5.0, 3.0, 2.0, 2.5, 4.0], tol=2.0)  # rise is exactly tol: does not count
+    assert (at_rise["shape"], at_rise["u_shaped"]) == ("decreasing", False)
 
 
 def test_profile_summary_monotonic_profiles_are_not_u_shaped():
-    down = profile_summary(np.array([4.0, 3.0, 2.0, 1.0]))
-    assert (down["argmin_layer"], down["drop"], down["rise"], down["u_shaped"]) == (4, 3.0, 0.0, False)
-    up = profile_summary([1.0, 2.0, 3.0])
-    assert (up["argmin_layer"], up["argmax_layer"], up["drop"], up["rise"]) == (1, 3, 0.0, 2.0)
+    down = profile_summary(np.array([4.0, 3.0, 2.0, 1.0]), tol=0.0)
+    assert (down["argmin_layer"], down["drop"], down["rise"], down["shape"], down["u_shaped"]) == \
+        (4, 3.0, 0.0, "decreasing", False)
+    up = profile_summary([1.0, 2.0, 3.0], tol=0.0)
+    assert (up["argmin_layer"], up["argmax_layer"], up["drop"], up["rise"], up["shape"]) == \
+        (1, 3, 0.0, 2.0, "increasing")
     assert not up["u_shaped"]
 
 
 def test_profile_summary_n_shape_and_ties():
-    n = profile_summary([1.0, 3.0, 2.0, 0.5])
-    assert (n["argmin_layer"], n["argmax_layer"], n["u_shaped"]) == (4, 2, False)
-    tie = profile_summary([2.0, 1.0, 1.0, 2.0])
-    assert (tie["argmin_layer"], tie["u_shaped"]) == (2, True)
+    n = profile_summary([1.0, 3.0, 2.0, 0.5], tol=0.0)
+    assert (n["argmin_layer"], n["argmax_layer"], n["shape"], n["u_shaped"]) == (4, 2, "inverted_u", False)
+    tie = profile_summary([2.0, 1.0, 1.0, 2.0], tol=0.0)
+    assert (tie["argmin_layer"], tie["shape"], tie["u_shaped"]) == (2, "u_shaped", True)
     with pytest.raises(UserError):
-        profile_summary([])
+        profile_summary([], tol=0.1)
     with pytest.raises(UserError):
-        profile_summary([1.0, float("nan")])
+        profile_summary([1.0, float("nan")], tol=0.1)
+
+
+# Every class on a crafted profile, with tol = 0.25 and values in multiples of 1/8, so that the
+# boundary cases (a change of exactly tol) are exact in binary floating point.
+TOL = 0.25
+
+
+@pytest.mark.parametrize("profile, shape", [
+    # flat: range <= tol, including exactly tol
+    ([1.0], "flat"),
+    ([2.0, 2.0, 2.0], "flat"),
+    ([2.0, 2.125, 1.875, 2.0], "flat"),             # range 0.25 = tol
+    ([2.0, 2.25, 2.0, 2.25], "flat"),               # range 0.25 = tol, zig-zag
+    # increasing: range > tol, no fall > tol anywhere
+    ([1.0, 1.5, 2.0, 3.0], "increasing"),
+    ([2.0, 1.75, 2.5, 3.0], "increasing"),          # an initial dip of exactly tol is noise
+    ([1.0, 2.0, 1.75, 3.0], "increasing"),          # an interior fall of exactly tol
+    ([2.0, 2.125, 2.375], "increasing"),            # range 0.375 > tol, steps of 1/8
+    # decreasing: mirror image
+    ([3.0, 2.0, 1.5, 1.0], "decreasing"),
+    ([3.0, 2.0, 2.25, 1.0], "decreasing"),          # an interior rise of exactly tol
+    ([3.0, 2.0, 1.0, 1.25], "decreasing"),          # a final rise of exactly tol
+    # U: drop > tol and rise > tol, down (up to tol) to the minimum, then up (up to tol)
+    ([3.0, 2.0, 1.0, 2.0, 3.0], "u_shaped"),
+    ([2.0, 1.625, 2.0], "u_shaped"),                # drop = rise = 0.375 > tol
+    ([3.0, 2.0, 2.25, 1.0, 1.5, 1.25, 3.0], "u_shaped"),  # wiggles of exactly tol on both arms
+    ([2.0, 1.0, 1.0, 1.0, 2.0], "u_shaped"),        # a flat bottom
+    # not U at the boundary: drop or rise exactly tol
+    ([2.0, 1.75, 3.0], "increasing"),               # drop = tol
+    ([3.0, 1.0, 1.25], "decreasing"),               # rise = tol
+    # inverted U: mirror image
+    ([1.0, 2.0, 3.0, 2.0, 1.0], "inverted_u"),
+    ([1.0, 1.375, 1.0], "inverted_u"),
+    ([2.0, 3.0, 2.75, 3.0, 1.0], "inverted_u"),     # a dip of exactly tol at the top
+    # other: two changes of direction that count
+    ([3.0, 1.0, 3.0, 1.0, 3.0], "other"),           # W
+    ([1.0, 3.0, 1.0, 3.0, 1.0], "other"),           # M
+    ([1.0, 3.0, 2.0, 4.0], "other"),                # N: up, down, up
+    ([1.0, 3.0, 2.0, 0.5], "inverted_u"),           # up, then down below the start: still one peak
+    ([3.0, 1.0, 2.0, 1.5, 3.0], "other"),           # U with a bump of 0.5 > tol on the rising arm
+    ([3.0, 1.0, 1.5, 1.25, 3.0], "u_shaped"),       # ... and with a bump of exactly tol it is a U
+])
+def test_profile_shape_classes(profile, shape):
+    assert profile_shape(profile, tol=TOL) == shape
+    summary = profile_summary(profile, tol=TOL)
+    assert summary["shape"] == shape
+    assert summary["u_shaped"] == (shape == "u_shaped")
+
+
+def _shape_by_pairs(v: list[float], tol: float) -> str:
+    """The docstring's definition, literally: explicit loops over layer pairs."""
+    n = len(v)
+    falls = [v[i] - v[j] for i in range(n) for j in range(i, n)]
+    rises = [v[j] - v[i] for i in range(n) for j in range(i, n)]
+    m, p = v.index(min(v)), v.index(max(v))
+    if max(v) - min(v) <= tol:
+        return "flat"
+    if max(falls) <= tol:
+        return "increasing"
+    if max(rises) <= tol:
+        return "decreasing"
+    if (v[0] - v[m] > tol and v[-1] - v[m] > tol
+            and all(v[j] - v[i] <= tol for i in range(m + 1) for j in range(i, m + 1))
+            and all(v[i] - v[j] <= tol for i in range(m, n) for j in range(i, n))):
+        return "u_shaped"
+    if (v[p] - v[0] > tol and v[p] - v[-1] > tol
+            and all(v[i] - v[j] <= tol for i in range(p + 1) for j in range(i, p + 1))
+            and all(v[j] - v[i] <= tol for i in range(p, n) for j in range(i, n))):
+        return "inverted_u"
+    return "other"
+
+
+def test_profile_shape_matches_the_pairwise_definition_on_random_profiles():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(3000):
+        n = int(rng.integers(1, 9))
+        v = (rng.integers(0, 9, size=n) / 8).tolist()  # steps of 1/8: many exact-tol boundary cases
+        expected = _shape_by_pairs(v, TOL)
+        assert profile_shape(v, tol=TOL) == expected, v
+        seen.add(expected)
+    assert seen == set(metrics.SHAPES)
+
+
+def test_profile_summary_log2_scale_reads_ratios():
+    # log2 values [4, 3.907, 6]: the 15/16 dip is a factor 1.07, under tol 0.25 (a factor 1.19)
+    assert profile_summary([16.0, 15.0, 64.0], tol=TOL, scale="log2")["shape"] == "increasing"
+    assert profile_summary([16.0, 15.0, 64.0], tol=TOL)["shape"] == "u_shaped"  # linear: a dip of 1
+    # scale-free: the same class whatever the unit
+    for unit in (1e-3, 1.0, 1e3):
+        s = profile_summary([unit * x for x in (4.0, 2.0, 2.0, 8.0)], tol=0.5, scale="log2")
+        assert (s["shape"], s["argmin_layer"], s["shape_scale"]) == ("u_shaped", 2, "log2")
+        assert s["drop"] == pytest.approx(2.0 * unit) and s["rise"] == pytest.approx(6.0 * unit)
+
+
+@pytest.mark.parametrize("values, kwargs, match", [
+    ([1.0, 0.0, 2.0], {"tol": 0.1, "scale": "log2"}, "positive"),
+    ([1.0, 2.0], {"tol": 0.1, "scale": "ln"}, "shape scale"),
+    ([1.0, 2.0], {"tol": -0.1}, "tolerance"),
+    ([1.0, 2.0], {"tol": float("nan")}, "tolerance"),
+])
+def test_profile_summary_rejects_bad_input(values, kwargs, match):
+    with pytest.raises(UserError, match=match):
+        profile_summary(values, **kwargs)

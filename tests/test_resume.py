@@ -193,6 +193,20 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(terminated):
                     f"SIGTERM at epoch {saved['epoch']} batch {saved['batch']}")
 
 
+def test_environment_record_lists_every_attempt(terminated):
+    """environment.json: one record per attempt, the resumed one starting where the state was saved."""
+    import torch
+
+    saved = terminated["saved"]
+    attempts = json.loads((terminated["root"] / "run" / "environment.json").read_text())["attempts"]
+    assert [(a["from_epoch"], a["from_batch"]) for a in attempts] == [(0, 0), (saved["epoch"], saved["batch"])]
+    for a in attempts:
+        assert a["versions"]["torch"] == torch.__version__ and a["device"] == "cpu" and a["processes"] == 1
+        assert a["cpu_isa"] == torch.backends.cpu.get_cpu_capability() and a["threads"] == 1
+    reference = json.loads((terminated["root"] / "reference" / "environment.json").read_text())["attempts"]
+    assert [(a["from_epoch"], a["from_batch"]) for a in reference] == [(0, 0)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (c) a state of another configuration is not resumed
 # ---------------------------------------------------------------------------------------------------------

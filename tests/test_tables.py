@@ -44,9 +44,10 @@ PAPER_TABLE1 = {
     ("SpectralKD", "F1", 300): 77.00,
     ("SpectralKD", "L1", 300): 76.83,
     ("SpectralKD", "L1", 500): 77.59,
-    ("ProjectorKD", "F1", 300): 76.86,  # the log says 76.868, which rounds to 76.87: see the test
-    ("ProjectorKD", "L1", 300): 76.72,
-    ("ProjectorKD", "F1 L1", 300): 76.80,
+    # The authors' ProjectorKD logs ran a frozen random projector: method "ProjectorKD (released)".
+    ("ProjectorKD (released)", "F1", 300): 76.86,  # the log says 76.868, which rounds to 76.87: see the test
+    ("ProjectorKD (released)", "L1", 300): 76.72,
+    ("ProjectorKD (released)", "F1 L1", 300): 76.80,
 }
 
 # t_{0.975, 2}: for df = 2, P(|T| <= t) = t / sqrt(t^2 + 2), so t = sqrt(2 * 0.95^2 / (1 - 0.95^2)) exactly.
@@ -86,10 +87,11 @@ def test_published_log_best_matches_readme(name):
 def test_published_table1_matches_paper():
     df = tables.table1(tables.published_table1_runs(PUBLISHED))
     assert len(df) == len(PAPER_TABLE1) and (df["n_seeds"] == 1).all()
+    assert set(df["source"]) == {"authors' released"}
     got = {(r.method, r.layers, r.epochs): r.best_top1 for r in df.itertuples()}
     assert set(got) == set(PAPER_TABLE1)
     for key, paper in PAPER_TABLE1.items():
-        if key == ("ProjectorKD", "F1", 300):
+        if key == ("ProjectorKD (released)", "F1", 300):
             # The paper prints 76.86 but its own log's best is 76.868, which rounds to 76.87: the paper
             # truncated (or rounded another way). We reproduce the log, not the misprint.
             assert got[key] == pytest.approx(76.868, abs=5e-4)
@@ -99,7 +101,8 @@ def test_published_table1_matches_paper():
     # Order: SoftKD first (by epochs), then method, layers, beta, epochs.
     assert list(zip(df["method"], df["layers"], df["epochs"])) == [
         ("SoftKD", "-", 300), ("SoftKD", "-", 500),
-        ("ProjectorKD", "F1", 300), ("ProjectorKD", "F1 L1", 300), ("ProjectorKD", "L1", 300),
+        ("ProjectorKD (released)", "F1", 300), ("ProjectorKD (released)", "F1 L1", 300),
+        ("ProjectorKD (released)", "L1", 300),
         ("SpectralKD", "F1", 300), ("SpectralKD", "F1 L1", 300), ("SpectralKD", "L1", 300),
         ("SpectralKD", "L1", 500)]
     delta = {(r.method, r.layers, r.epochs): r.delta_vs_softkd for r in df.itertuples()}
@@ -112,8 +115,10 @@ def test_published_table1_matches_paper():
     assert row["best_epoch"] == 296 and row["best_epochs"] == "296" and row["seeds"] == "0"
     assert np.isnan(row["best_top1_std"]) and np.isnan(row["best_top1_ci_low"]) and np.isnan(row["best_top1_ci_high"])
     md = tables.table1_markdown(df)
-    assert "| SoftKD | - | - | 300 | 1 | 76.99 (296) | 76.95 | +0.00 |" in md
-    assert "| SpectralKD | L1 | 0.2 | 500 | 1 | 77.59 (478) | 77.54 | -0.48 |" in md
+    assert "| authors' released | SoftKD | - | - | 300 | 1 | 76.99 (296) | 76.95 | +0.00 |" in md
+    assert "| authors' released | SpectralKD | L1 | 0.2 | 500 | 1 | 77.59 (478) | 77.54 | -0.48 |" in md
+    assert "| authors' released | ProjectorKD (released) | L1 | 0.2 | 300 | 1 | 76.72 (299) | 76.72 | -0.27 |" in md
+    assert tables.SOURCE_CAPTION in md
     assert tables.SINGLE_SEED_CAPTION in md and "Largest best-vs-final gap in this table: 0.12 points." in md
 
 
@@ -186,7 +191,7 @@ def test_delta_needs_a_baseline_with_the_same_epochs(tmp_path):
     assert np.isnan(row["delta_vs_softkd"]) and row["best_epoch"] == 3
     assert np.isnan(row["top5_at_best"])  # that log has no test_acc5
     md = tables.table1_markdown(df)
-    assert "| SpectralKD | L1 | 0.2 | 4 | 1 | 53.00 (3) | 53.00 | - |" in md
+    assert "| this pipeline | SpectralKD | L1 | 0.2 | 4 | 1 | 53.00 (3) | 53.00 | - |" in md
     assert tables.SINGLE_SEED_CAPTION not in md  # not every row is a single seed
     assert "$\\pm$" in tables.table1_latex(df) and "& -- \\\\" in tables.table1_latex(df)
 
@@ -205,20 +210,20 @@ def test_writers(tmp_path):
 
     md = paths[1].read_text()
     soft, spec = df.iloc[0], df.iloc[1]
-    assert md.splitlines()[0] == ("| method | layers | beta | epochs | seeds | best top-1 (epoch) | final top-1 "
-                                  "| Δ vs SoftKD |")
+    assert md.splitlines()[0] == ("| source | method | layers | beta | epochs | seeds | best top-1 (epoch) "
+                                  "| final top-1 | Δ vs SoftKD |")
     lo, hi = soft["best_top1_ci_low"], soft["best_top1_ci_high"]
-    assert f"| SoftKD | - | - | 3 | 3 | 70.40 ± 0.30 [{lo:.2f}, {hi:.2f}] | 70.33 | +0.00 |" in md
+    assert f"| this pipeline | SoftKD | - | - | 3 | 3 | 70.40 ± 0.30 [{lo:.2f}, {hi:.2f}] | 70.33 | +0.00 |" in md
     assert f"{lo:.2f}, {hi:.2f}" == "69.65, 71.15"
-    assert (f"| SpectralKD_F1 | F1 | 0.2 | 3 | 3 | 71.13 ± 0.71 [{spec['best_top1_ci_low']:.2f}, "
+    assert (f"| this pipeline | SpectralKD_F1 | F1 | 0.2 | 3 | 3 | 71.13 ± 0.71 [{spec['best_top1_ci_low']:.2f}, "
             f"{spec['best_top1_ci_high']:.2f}] | 70.97 | +0.73 |") in md
     assert tables.SINGLE_SEED_CAPTION not in md
 
     tex = paths[2].read_text()
     assert "\\begin{tabular}" in tex and "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
-    assert "SpectralKD\\_F1 & F1 & 0.2 & 3 & 3 & 71.13 $\\pm$ 0.71" in tex
+    assert "this pipeline & SpectralKD\\_F1 & F1 & 0.2 & 3 & 3 & 71.13 $\\pm$ 0.71" in tex
     assert "SpectralKD_F1" not in tex.replace("SpectralKD\\_F1", "")  # no unescaped underscore left
-    assert "SoftKD & -- & -- & 3 & 3 & 70.40 $\\pm$ 0.30 [69.65, 71.15] & 70.33 & $+0.00$ \\\\" in tex
+    assert "this pipeline & SoftKD & -- & -- & 3 & 3 & 70.40 $\\pm$ 0.30 [69.65, 71.15] & 70.33 & $+0.00$ \\\\" in tex
 
 
 def test_writers_single_seed_caption_and_escaping(tmp_path):
@@ -227,10 +232,10 @@ def test_writers_single_seed_caption_and_escaping(tmp_path):
     df = tables.table1(runs)
     paths = tables.write_table1(df, tmp_path / "t")
     md, tex = paths[1].read_text(), paths[2].read_text()
-    assert "| SoftKD | - | - | 3 | 1 | 70.10 (1) | 69.90 | +0.00 |" in md
-    assert "| 50% & $x_1$ \\| #1 | F1 | 0.2 | 3 | 1 | 71.00 (1) | 70.80 | +0.90 |" in md
+    assert "| this pipeline | SoftKD | - | - | 3 | 1 | 70.10 (1) | 69.90 | +0.00 |" in md
+    assert "| this pipeline | 50% & $x_1$ \\| #1 | F1 | 0.2 | 3 | 1 | 71.00 (1) | 70.80 | +0.90 |" in md
     assert md.rstrip().endswith(f"{tables.SINGLE_SEED_CAPTION} Largest best-vs-final gap in this table: 0.20 points.")
-    assert "50\\% \\& \\$x\\_1\\$ | \\#1 & F1 & 0.2 & 3 & 1 & 71.00 (1) & 70.80 & $+0.90$ \\\\" in tex
+    assert "this pipeline & 50\\% \\& \\$x\\_1\\$ | \\#1 & F1 & 0.2 & 3 & 1 & 71.00 (1) & 70.80 & $+0.90$ \\\\" in tex
     assert tables.tex_escape("a\\b~c^d{e}") == "a\\textbackslash{}b\\textasciitilde{}c\\textasciicircum{}d\\{e\\}"
     assert tables.read_table1(paths[0])["label"].tolist() == ["SoftKD", "50% & $x_1$ | #1"]
 
@@ -348,8 +353,11 @@ def test_table1_step_on_published_logs(tmp_path):
     df = tables.read_table1(tmp_path / "t1.csv")
     assert len(df) == len(PAPER_TABLE1)
     metrics = json.loads((tmp_path / "t1.json").read_text())
-    assert metrics["SoftKD (300 ep)"]["best_top1"] == pytest.approx(76.988, abs=5e-4)
-    assert (tmp_path / "t1.md").read_text().startswith("| method")
+    assert len(metrics) == len(PAPER_TABLE1)  # one key per row: the names are unique
+    assert metrics["authors' released: SoftKD, 300 ep"]["best_top1"] == pytest.approx(76.988, abs=5e-4)
+    assert metrics["authors' released: SpectralKD L1, beta 0.2, 500 ep"]["best_top1"] == \
+        pytest.approx(77.592, abs=5e-4)
+    assert (tmp_path / "t1.md").read_text().startswith("| source | method")
 
 
 def test_table1_step_on_a_grid(tmp_path):
@@ -374,3 +382,89 @@ def test_table1_step_on_a_grid(tmp_path):
     assert list(df["final_top1"]) == [59.0, 62.0]
     assert df.loc[1, "delta_vs_softkd"] == 3.0
     assert df.loc[1, "best_top1_std"] == pytest.approx(math.sqrt(2.0))
+
+
+# ------------------------------------------------------------------------------------ sources never merge
+
+def test_a_published_log_and_our_run_with_the_same_configuration_and_seed_are_two_rows(tmp_path):
+    """--published-logs plus --runs-dir: our SoftKD and ProjectorKD-released runs have the published logs'
+    configuration (300 epochs, beta 0.2, seed 0), yet every published log stays its own row and no statistic
+    mixes the two sources."""
+    from conftest import run_step
+
+    published = tables.read_run_log(PUBLISHED / "SoftKD.txt")
+    released_f1 = tables.read_run_log(PUBLISHED / "ProjectorKD_First_1.txt")
+
+    def our_log(run: str, acc1: np.ndarray) -> None:
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        write_log(tmp_path / "runs" / run / "log.txt",
+                  [{"epoch": e, "test_acc1": float(a), "test_acc5": 90.0} for e, a in enumerate(acc1)])
+
+    # Ours: the published curves lowered by 10 (seed 0) and 12 (seed 1) points, so any pooling shows.
+    our_log("softkd-s0", published["test_acc1"].to_numpy() - 10)
+    our_log("softkd-s1", published["test_acc1"].to_numpy() - 12)
+    our_log("projectorkd_released_f1-s0", released_f1["test_acc1"].to_numpy() - 10)
+    our_log("projectorkd_released_f1-s1", released_f1["test_acc1"].to_numpy() - 12)
+    grid = {"distill": {"seeds": [0, 1], "beta": 0.2, "train": {"epochs": 300}, "runs": [
+        {"name": "softkd", "method": "softkd"},
+        {"name": "projectorkd_released_f1", "method": "projectorkd_released", "layers": "F1"}]}}
+    proc = run_step("table1", "--config-json", json.dumps(grid), "--runs-dir", str(tmp_path / "runs"),
+                    "--published-logs", str(PUBLISHED), "--out", str(tmp_path / "t1"))
+    assert proc.returncode == 0, proc.stderr
+    df = tables.read_table1(tmp_path / "t1.csv")
+    assert len(df) == 2 + len(PAPER_TABLE1)
+    assert list(df["source"]) == ["this pipeline"] * 2 + ["authors' released"] * len(PAPER_TABLE1)
+
+    rows = {(r.source, r.method, r.layers, r.epochs): r for r in df.itertuples()}
+    best_soft, best_f1 = published["test_acc1"].max(), released_f1["test_acc1"].max()
+    ours_soft = rows[("this pipeline", "SoftKD", "-", 300)]
+    theirs_soft = rows[("authors' released", "SoftKD", "-", 300)]
+    ours_f1 = rows[("this pipeline", "ProjectorKD (released)", "F1", 300)]
+    theirs_f1 = rows[("authors' released", "ProjectorKD (released)", "F1", 300)]
+    # Ours: seeds 0 and 1 pooled with each other only (mean of -10 and -12: -11; std of the two: sqrt(2)).
+    assert (ours_soft.n_seeds, ours_soft.seeds) == (2, "0;1")
+    assert ours_soft.best_top1 == pytest.approx(best_soft - 11, abs=1e-9)
+    assert ours_soft.best_top1_std == pytest.approx(math.sqrt(2), abs=1e-9)
+    assert ours_f1.best_top1 == pytest.approx(best_f1 - 11, abs=1e-9)
+    assert ours_soft.logs.split(";") == [str(tmp_path / "runs" / f"softkd-s{s}" / "log.txt") for s in (0, 1)]
+    # Theirs: the published log alone, exactly as without our runs.
+    assert (theirs_soft.n_seeds, theirs_soft.seeds) == (1, "0")
+    assert theirs_soft.best_top1 == best_soft and np.isnan(theirs_soft.best_top1_std)
+    assert theirs_soft.logs == str(PUBLISHED / "SoftKD.txt")
+    assert theirs_f1.best_top1 == best_f1 and theirs_f1.n_seeds == 1
+    # Each delta against the SoftKD of its own source.
+    assert ours_f1.delta_vs_softkd == pytest.approx((best_f1 - 11) - (best_soft - 11), abs=1e-9)
+    assert theirs_f1.delta_vs_softkd == pytest.approx(best_f1 - best_soft, abs=1e-12)
+    assert ours_soft.delta_vs_softkd == 0 and theirs_soft.delta_vs_softkd == 0
+
+    md = (tmp_path / "t1.md").read_text()
+    assert f"| this pipeline | SoftKD | - | - | 300 | 2 | {best_soft - 11:.2f} ± 1.41 [" in md
+    assert f"| authors' released | SoftKD | - | - | 300 | 1 | {best_soft:.2f} (296) |" in md
+    tex = (tmp_path / "t1.tex").read_text()
+    assert "\nthis pipeline & SoftKD & -- & -- & 300 & 2 & " in tex
+    assert "\nauthors' released & SoftKD & -- & -- & 300 & 1 & 76.99 (296) & " in tex
+    metrics = json.loads((tmp_path / "t1.json").read_text())
+    assert len(metrics) == len(df)
+    assert metrics["this pipeline: SoftKD, 300 ep"]["best_top1"] == pytest.approx(best_soft - 11, abs=1e-9)
+    assert metrics["authors' released: SoftKD, 300 ep"]["best_top1"] == pytest.approx(best_soft, abs=1e-12)
+    assert metrics["this pipeline: ProjectorKD (released) F1, beta 0.2, 300 ep"]["n_seeds"] == 2
+    assert metrics["authors' released: ProjectorKD (released) F1, beta 0.2, 300 ep"]["n_seeds"] == 1
+
+
+def test_same_configuration_and_seed_from_two_sources_is_two_rows_not_a_duplicate(tmp_path):
+    ours = RunSpec("SoftKD", "-", None, 3, 0, FIXTURES / "softkd_seed0.txt")
+    theirs = RunSpec("SoftKD", "-", None, 3, 0, FIXTURES / "softkd_seed1.txt", source="authors' released")
+    df = tables.table1([theirs, ours])
+    assert list(df["source"]) == ["this pipeline", "authors' released"]
+    assert list(df["best_top1"]) == [70.1, 70.4] and list(df["n_seeds"]) == [1, 1]
+    with pytest.raises(UserError, match=re.escape("source = 'theirs'")):
+        tables.table1([RunSpec("SoftKD", "-", None, 3, 0, FIXTURES / "softkd_seed0.txt", source="theirs")])
+
+
+def test_metrics_names_are_unique_where_labels_are_not():
+    """configs/paper.yaml has two "SpectralKD L1" rows (beta 0.2 and 0.1): the JSON keeps both."""
+    runs = [RunSpec("SpectralKD", "L1", beta, 3, 0, FIXTURES / "spectralkd_f1_seed0.txt", "SpectralKD L1")
+            for beta in (0.2, 0.1)]
+    metrics = tables.table1_metrics(tables.table1(runs))
+    assert sorted(metrics) == ["this pipeline: SpectralKD L1, beta 0.1, 3 ep",
+                               "this pipeline: SpectralKD L1, beta 0.2, 3 ep"]

@@ -39,6 +39,7 @@ SMOKE_OUTPUTS = [
       for name in ("model.safetensors", "log.txt", "checkpoints.json", "best.safetensors")],
     *[f"results/evolution/{run}{suffix}.parquet" for run in SMOKE_RUNS for suffix in ("", "_summary")],
     *[f"results/tables/table1.{ext}" for ext in ("csv", "md", "tex", "json")],
+    "results/headline.md",
 ]
 
 
@@ -93,7 +94,7 @@ def planned_jobs(workdir: Path, *extra: str) -> int:
 
 
 def test_snakemake_dry_run_plans_every_preset(planning_copy):
-    for preset, jobs in [(None, 37), ("configs/smoke.yaml", 19), ("configs/paper.yaml", 36)]:
+    for preset, jobs in [(None, 38), ("configs/smoke.yaml", 20), ("configs/paper.yaml", 37)]:
         assert planned_jobs(planning_copy, *(["--configfile", preset] if preset else [])) == jobs, preset
 
 
@@ -113,7 +114,7 @@ def test_a_used_clone_is_planned_from_scratch(planning_copy, tmp_path):
     copy = scratch_copy(tmp_path / "copy", preset=None, src=used)
     assert not any((copy / name).exists() for name in USER_STATE)
     assert sorted(project_files(copy)) == sorted(project_files(planning_copy))
-    assert planned_jobs(copy) == 37
+    assert planned_jobs(copy) == 38
 
 
 def test_paper_preset_plans_table1_grid_without_mixing_in_the_default(planning_copy):
@@ -172,7 +173,9 @@ def test_distillation_outputs(snakemake_run):
     assert list(table["label"]) == ["SoftKD", "ProjectorKD L1", "SpectralKD F1 L1"]
     assert table.loc[0, "delta_vs_softkd"] == 0.0
     metrics = json.loads((snakemake_run / "results/tables/table1.json").read_text())
-    assert set(metrics) == {"SoftKD", "ProjectorKD L1", "SpectralKD F1 L1"}
+    assert set(metrics) == {"this pipeline: SoftKD, 2 ep", "this pipeline: ProjectorKD L1, beta 0.2, 2 ep",
+                            "this pipeline: SpectralKD F1 L1, beta 0.2, 2 ep"}
+    assert set(table["source"]) == {"this pipeline"}
 
 
 def test_changing_one_grid_entry_retrains_only_that_run(snakemake_run):
@@ -188,6 +191,26 @@ def test_changing_one_grid_entry_retrains_only_that_run(snakemake_run):
         params_path.write_text(original)
     distill_jobs = re.findall(r"Distilling (\S+)", plan)
     assert distill_jobs == ["spectralkd_f1l1-s0"], plan[-3000:]
+
+
+def test_headline_is_written_from_the_artifacts_and_a_repeated_run_reproduces_it(snakemake_run, tmp_path):
+    """results/headline.md (what README quotes) holds the teacher's top-1 from its log, every Table 1 row and
+    every run's final entropy shape, and a second smoke run in another copy writes the same bytes."""
+    import torch
+
+    from pipeline_steps.tables import read_run_log, read_table1, run_summary
+
+    text = (snakemake_run / "results/headline.md").read_text()
+    teacher = run_summary(read_run_log(snakemake_run / "results/teacher/log.txt"))
+    assert f"- test top-1: {teacher['final_top1']:.2f}% after 2 epochs" in text
+    for _, row in read_table1(snakemake_run / "results/tables/table1.csv").iterrows():
+        assert f" | {row['n_seeds']} | {row['best_top1']:.2f} | " in text, row["label"]
+    for run in SMOKE_RUNS:
+        assert f"| {run} | 2 | " in text, run
+    assert f"torch {torch.__version__}" in text and f"cpu ({torch.backends.cpu.get_cpu_capability()})" in text
+    again = scratch_copy(tmp_path / "again")
+    sh(["snakemake", "--cores", "2", "results/headline.md"], again)
+    assert (again / "results/headline.md").read_bytes() == (snakemake_run / "results/headline.md").read_bytes()
 
 
 def test_snakemake_report_has_every_figure_with_its_caption(snakemake_run):

@@ -102,18 +102,31 @@ def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray
     return out
 
 
-def projector_pair(fs: np.ndarray, ft: np.ndarray, p: dict[str, np.ndarray]) -> float:
+def project(fs: np.ndarray, c_t: int, p: dict[str, np.ndarray]) -> np.ndarray:
+    """The per-token linear projector: out[n, o, y, x] = bias[o] + sum_i weight[o, i] * fs[n, i, y, x]."""
     b, c_s, h, w = fs.shape
-    c_t = ft.shape[1]
     proj = np.zeros((b, c_t, h, w))
     for n in range(b):
         for y in range(h):
             for x in range(w):
                 for o in range(c_t):
                     proj[n, o, y, x] = p["bias"][o] + sum(p["weight"][o, i] * fs[n, i, y, x] for i in range(c_s))
-    a = batch_norm(proj, p["gamma_s"], p["beta_s"])
+    return proj
+
+
+def projector_released_pair(fs: np.ndarray, ft: np.ndarray, p: dict[str, np.ndarray]) -> float:
+    """The authors' module: affine BN on the projected student map and on the teacher map, then MSE."""
+    a = batch_norm(project(fs, ft.shape[1], p), p["gamma_s"], p["beta_s"])
     t = batch_norm(ft, p["gamma_t"], p["beta_t"])
     return float(((a - t) ** 2).mean())
+
+
+def projector_pair(fs: np.ndarray, ft: np.ndarray, p: dict[str, np.ndarray], target: str) -> float:
+    """Eq. 8: MSE(projector(student), teacher), the teacher standardised per channel (no parameters) or raw."""
+    c_t = ft.shape[1]
+    if target == "standardized":
+        ft = batch_norm(ft, np.ones(c_t), np.zeros(c_t))
+    return float(((project(fs, c_t, p) - ft) ** 2).mean())
 
 
 # ---- cases ----------------------------------------------------------------------------------------------
@@ -184,7 +197,7 @@ def main() -> None:
                   "expected": {"loss": base + dist + feat, "loss_base": base, "loss_dist": dist,
                                "loss_feat": feat}})
 
-    # ProjectorKD (learnable and released share the forward), 2 pairs, given projector and BN affine values.
+    # ProjectorKD as released (frozen projector, BN on both sides), 2 pairs, given projector and BN values.
     opts = {"label_smoothing": 0.1, "alpha": 0.9, "tau": 1.0, "beta": 0.2}
     fs = [f32(rng.normal(size=(b, 4, 3, 3))) for _ in range(2)]
     ft = [f32(rng.normal(size=(b, 8, 3, 3)) * 2 + 1) for _ in range(2)]
@@ -199,14 +212,41 @@ def main() -> None:
                       f"bn_student.{i}.weight": p["gamma_s"], f"bn_student.{i}.bias": p["beta_s"],
                       f"bn_teacher.{i}.weight": p["gamma_t"], f"bn_teacher.{i}.bias": p["beta_t"]})
     inp = {**logits, "student_feats": fs, "teacher_feats": ft}
-    pair = [projector_pair(s, t, p) for s, t, p in zip(fs, ft, params)]
+    pair = [projector_released_pair(s, t, p) for s, t, p in zip(fs, ft, params)]
     base, dist = soft_parts(logits, opts)
     feat = opts["beta"] * sum(pair) / len(pair)
-    cases.append({"name": "projectorkd_2pairs_4to8_3x3", "methods": ["projectorkd", "projectorkd_released"],
+    cases.append({"name": "projectorkd_released_2pairs_4to8_3x3", "methods": ["projectorkd_released"],
                   "options": opts, "pairs": [[0, 0], [11, 23]], "student_channels": [4, 4],
                   "teacher_channels": [8, 8], "inputs": inp, "state": state, "pair_losses": pair,
                   "expected": {"loss": base + dist + feat, "loss_base": base, "loss_dist": dist,
                                "loss_feat": feat}})
+
+    # ProjectorKD (Eq. 8, learnable projector), teacher standardised per channel: 2 pairs, 4 -> 8, 3x3,
+    # teacher maps with channel scales from 0.1 to 50 (the standardisation must remove them).
+    # Drawn after the cases above so that their inputs (and golden values) stay as they were.
+    for target, name in (("standardized", "projectorkd_2pairs_4to8_3x3"), ("raw", "projectorkd_raw_1pair_3to5_4x2")):
+        n_pairs, c_s, c_t, h, w = (2, 4, 8, 3, 3) if target == "standardized" else (1, 3, 5, 4, 2)
+        opts = {"label_smoothing": 0.1, "alpha": 0.9, "tau": 1.0, "beta": 0.2, "target": target}
+        fs = [f32(rng.normal(size=(b, c_s, h, w))) for _ in range(n_pairs)]
+        scales = np.geomspace(0.1, 50.0, c_t)[None, :, None, None]
+        ft = [f32(rng.normal(size=(b, c_t, h, w)) * scales + rng.normal(size=(1, c_t, 1, 1)))
+              for _ in range(n_pairs)]
+        params, state = [], {}
+        for i in range(n_pairs):
+            p = {"weight": f32(rng.uniform(-0.5, 0.5, size=(c_t, c_s))),
+                 "bias": f32(rng.uniform(-0.5, 0.5, size=c_t))}
+            params.append(p)
+            state.update({f"projectors.{i}.weight": p["weight"], f"projectors.{i}.bias": p["bias"]})
+        inp = {**logits, "student_feats": fs, "teacher_feats": ft}
+        pair = [projector_pair(s, t, p, target) for s, t, p in zip(fs, ft, params)]
+        base, dist = soft_parts(logits, opts)
+        feat = opts["beta"] * sum(pair) / len(pair)
+        pairs = [[0, 0], [11, 23]][:n_pairs]
+        cases.append({"name": name, "methods": ["projectorkd"], "options": opts, "pairs": pairs,
+                      "student_channels": [c_s] * n_pairs, "teacher_channels": [c_t] * n_pairs, "inputs": inp,
+                      "state": state, "pair_losses": pair,
+                      "expected": {"loss": base + dist + feat, "loss_base": base, "loss_dist": dist,
+                                   "loss_feat": feat}})
 
     doc = {"about": "Golden values for pipeline_steps.losses (float64 numpy reference with explicit loops); "
                     "regenerate with tests/data/make_loss_golden.py. Feature maps are [B, C, H, W]; 'state' "

@@ -21,6 +21,7 @@ DATA = SYNTHETIC_PATH
 MANIFEST = "results/samples/manifest.parquet"
 TEACHER_WEIGHTS = "results/teacher/model.safetensors"
 TEACHER_LOG = "results/teacher/log.txt"
+TEACHER_ENVIRONMENT = "results/teacher/environment.json"
 ACTIVATIONS = "results/activations/teacher.npz"
 REDUCTIONS = "results/reductions/teacher.parquet"
 SUMMARY = "results/reductions/teacher_summary.parquet"
@@ -54,6 +55,7 @@ EVOLUTION = "results/evolution/{run}.parquet"
 EVOLUTION_SUMMARY = "results/evolution/{run}_summary.parquet"
 FIG4 = "results/figures/fig4_evolution"
 TABLE1 = "results/tables/table1"
+HEADLINE = "results/headline.md"
 DISTILL_OUTPUTS = [f"{FIG4}.{ext}" for ext in ("pdf", "png")] + [f"{TABLE1}.{ext}" for ext in ("csv", "md", "tex", "json")]
 
 

@@ -41,6 +41,7 @@ rule distill:
         weights=f"{RUN_DIR}/model.safetensors",
         log=f"{RUN_DIR}/log.txt",
         checkpoints=f"{RUN_DIR}/checkpoints.json",
+        environment=f"{RUN_DIR}/environment.json",
     params:
         cfg=run_config,
         launch=training_command(DISTILL_RESOURCES),

@@ -7,6 +7,7 @@ rule train_teacher:
     output:
         weights=TEACHER_WEIGHTS,
         log=TEACHER_LOG,
+        environment=TEACHER_ENVIRONMENT,
     params:
         cfg=rule_config("train_teacher"),
         launch=training_command(TEACHER["resources"]),
