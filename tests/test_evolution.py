@@ -21,6 +21,7 @@ from conftest import assert_one_line_error, run_step
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 10}
 ARCH = "vit_tiny_patch16_224"
 EPOCHS = (0, 1, 2)
+BEST_EPOCH = 1  # best.safetensors holds epoch 1's weights, as the distill step writes it
 RUN_ID = "spectralkd_f1-s0"
 DATA = {"dataset": {"kind": "synthetic", "synthetic": {"train_size": 20, "test_size": 40, "seed": 0}}}
 ANALYSIS = {"batch_size": 3, "layers": "all", "bins": 100, "range_policy": "global", "chunk_images": 4}
@@ -28,14 +29,20 @@ CFG = json.dumps({**DATA, "sample": {"n_images": 8}, "analysis": ANALYSIS})
 
 
 def make_run(run_dir, epochs=EPOCHS, kwargs=KWARGS) -> None:
-    """A run directory as the distill step writes it; each 'epoch' is a differently seeded random student."""
+    """A run directory as the distill step writes it; each 'epoch' is a differently seeded random student and
+    best.safetensors holds epoch BEST_EPOCH's weights (with its own metadata, so another file hash)."""
     entries = []
     for epoch in epochs:
         model = create_model({"arch": ARCH, "kwargs": kwargs, "weights": {"source": "random", "seed": 10 + epoch}})
         rel = f"checkpoints/epoch_{epoch:04d}.safetensors"
         save_weights(model, run_dir / rel, {"arch": ARCH, "kwargs": kwargs, "epoch": epoch})
         entries.append({"epoch": epoch, "path": rel, "sha256": sha256_file(run_dir / rel)})
-    doc = {"run_id": run_dir.name, "epochs": max(epochs), "checkpoints": entries}
+        if epoch == BEST_EPOCH:
+            save_weights(model, run_dir / "best.safetensors",
+                         {"arch": ARCH, "kwargs": kwargs, "epoch": epoch, "test_acc1": 12.5})
+            best = {"epoch": epoch, "path": "best.safetensors", "sha256": sha256_file(run_dir / "best.safetensors"),
+                    "test_acc1": 12.5}
+    doc = {"run_id": run_dir.name, "epochs": max(epochs), "checkpoints": entries, "best": best}
     (run_dir / "checkpoints.json").write_text(json.dumps(doc, indent=2))
 
 
@@ -72,20 +79,21 @@ def test_one_value_per_checkpoint_layer_and_metric(evolved, work):
     depth, width = KWARGS["depth"], KWARGS["embed_dim"]
     assert set(values["run_id"]) == {RUN_ID} and set(values["model"]) == {RUN_ID}
     assert sorted(values["epoch"].unique()) == list(EPOCHS)
+    values = values[values["checkpoint"] != "best"]  # the best checkpoint's rows: test_best_checkpoint_is_analysed
     scalars = values[values["metric"] != "spectrum"]
     counts = scalars.groupby(["epoch", "layer", "metric"]).size()
     assert (counts == 1).all() and len(counts) == len(EPOCHS) * depth * 2
     assert values[values["metric"] == "spectrum"].groupby(["epoch", "layer"]).size().eq(width).all()
     assert sorted(values["layer"].unique()) == list(range(1, depth + 1))
-    assert set(values["checkpoint"]) == {f"epoch_{e:04d}" for e in EPOCHS}
+    assert set(evolved[0]["checkpoint"]) == {f"epoch_{e:04d}" for e in EPOCHS} | {"best"}
     assert set(values["n_images"]) == {8}
     # Differently initialised checkpoints give different profiles (the step really loads each file).
     entropy = scalars[scalars["metric"] == "entropy"].pivot(index="layer", columns="epoch", values="value")
     assert not np.allclose(entropy[0], entropy[1]) and not np.allclose(entropy[1], entropy[2])
     # Summary: one row per (epoch, metric), consistent with the values.
-    assert len(summary) == len(EPOCHS) * 2 and set(summary["run_id"]) == {RUN_ID}
+    assert len(summary) == (len(EPOCHS) + 1) * 2 and set(summary["run_id"]) == {RUN_ID}
     for epoch in EPOCHS:
-        row = summary[(summary["epoch"] == epoch) & (summary["metric"] == "entropy")].iloc[0]
+        row = summary[(summary["checkpoint"] == f"epoch_{epoch:04d}") & (summary["metric"] == "entropy")].iloc[0]
         assert row["argmin_layer"] == int(entropy[epoch].idxmin())
         assert row["drop"] == pytest.approx(entropy[epoch].iloc[0] - entropy[epoch].min(), abs=0)
     assert not [p.name for p in (work / "evolution").iterdir() if p.name.startswith(".")]  # temp dir removed
@@ -104,14 +112,45 @@ def test_values_equal_the_teacher_analysis_of_each_checkpoint(evolved, work):
     run_step("reduce", "--config-json", cfg, "--activations", str(acts), "--out", str(ref),
              "--summary", str(ref_summary), "--epoch", str(epoch), check=True)
     expected = pd.read_parquet(ref)
-    got = values[values["epoch"] == epoch].reset_index(drop=True)
+    got = values[values["checkpoint"] == f"epoch_{epoch:04d}"].reset_index(drop=True)
     cols = ["arch", "epoch", "layer", "layer_name", "metric", "k", "value", "n_images", "bins", "range_policy",
             "range_min", "range_max", "weights_hash", "manifest_hash"]
     pd.testing.assert_frame_equal(got[cols], expected[cols], check_exact=True)
     summary_cols = ["metric", "argmin_layer", "first", "min", "last", "drop", "rise", "u_shaped"]
-    got_summary = evolved[1][evolved[1]["epoch"] == epoch].reset_index(drop=True)
+    got_summary = evolved[1][evolved[1]["checkpoint"] == f"epoch_{epoch:04d}"].reset_index(drop=True)
     pd.testing.assert_frame_equal(got_summary[summary_cols], pd.read_parquet(ref_summary)[summary_cols],
                                   check_exact=True)
+
+
+def test_best_checkpoint_is_analysed(evolved, work):
+    """The best checkpoint gets its own rows (checkpoint 'best', the epoch it was saved after); it holds epoch
+    1's weights, so its numbers equal epoch 1's exactly; its file hash is the one checkpoints.json records."""
+    values, summary = evolved
+    best = values[values["checkpoint"] == "best"].reset_index(drop=True)
+    assert set(best["epoch"]) == {BEST_EPOCH} and set(best["run_id"]) == {RUN_ID}
+    assert values["checkpoint"].iloc[-1] == "best"  # after the epoch checkpoints
+    same = values[values["checkpoint"] == f"epoch_{BEST_EPOCH:04d}"].reset_index(drop=True)
+    cols = ["epoch", "layer", "metric", "k", "value", "range_min", "range_max", "weights_hash"]
+    pd.testing.assert_frame_equal(best[cols], same[cols], check_exact=True)
+    # ...and differ from the other epochs' (it really is epoch 1's file that was analysed).
+    other = values[(values["checkpoint"] == "epoch_0002") & (values["metric"] == "entropy")]["value"].to_numpy()
+    assert not np.allclose(best[best["metric"] == "entropy"]["value"].to_numpy(), other)
+    row = summary[(summary["checkpoint"] == "best") & (summary["metric"] == "entropy")]
+    assert len(row) == 1 and int(row["epoch"].iloc[0]) == BEST_EPOCH
+    doc = json.loads((work / "runs" / RUN_ID / "checkpoints.json").read_text())
+    assert doc["best"]["sha256"] == sha256_file(work / "runs" / RUN_ID / "best.safetensors")
+
+
+def test_best_sha_mismatch_is_a_one_line_error(work, tmp_path):
+    run_dir = tmp_path / "runs" / "softkd-s2"
+    shutil.copytree(work / "runs" / RUN_ID, run_dir)
+    best = run_dir / "best.safetensors"
+    data = bytearray(best.read_bytes())
+    data[-1] ^= 0xFF
+    best.write_bytes(bytes(data))
+    proc, out, summary = evolution(tmp_path, run_dir, "softkd-s2")
+    assert_one_line_error(proc, "best.safetensors (best checkpoint 1)", "SHA-256", "re-run the distill step")
+    assert not out.exists() and not summary.exists()
 
 
 def test_sha_mismatch_is_a_one_line_error_and_writes_nothing(work, tmp_path):
@@ -138,7 +177,17 @@ def test_missing_checkpoint_and_index_are_user_errors(work, tmp_path):
     with pytest.raises(UserError, match=r"epoch_0001.safetensors \(epoch 1, .*\) is missing; restore it or re-run"):
         read_checkpoints(run_dir)
     run_id, checkpoints = read_checkpoints(run_dir, verify=False)
-    assert run_id == RUN_ID and [c["epoch"] for c in checkpoints] == list(EPOCHS)
+    assert run_id == RUN_ID and [c["epoch"] for c in checkpoints] == [*EPOCHS, BEST_EPOCH]
+    assert [c["checkpoint"] for c in checkpoints] == [*(f"epoch_{e:04d}" for e in EPOCHS), "best"]
+    shutil.copy(work / "runs" / RUN_ID / "checkpoints/epoch_0001.safetensors", run_dir / "checkpoints")
+    (run_dir / "best.safetensors").unlink()
+    with pytest.raises(UserError, match=r"best.safetensors \(best checkpoint 1, .*\) is missing"):
+        read_checkpoints(run_dir)
+    doc = json.loads((run_dir / "checkpoints.json").read_text())
+    del doc["best"]
+    (run_dir / "checkpoints.json").write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="has no 'best' checkpoint .* re-run the distill step for spectralkd_f1-s0"):
+        read_checkpoints(run_dir, verify=False)
 
 
 def _seeded_copy(values: pd.DataFrame, run_id: str, shift: float) -> pd.DataFrame:
