@@ -223,15 +223,27 @@ def test_fig4_panels_per_configuration_in_label_order(evolved, work, tmp_path):
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in panels] == ["(a) SoftKD, 2 seeds", "(b) SpectralKD F1"]
     lines = panels[0].get_lines()
-    teacher_line = [ln for ln in lines if ln.get_linestyle() == "--"]
-    assert len(teacher_line) == 1
+    teacher_line = [ln for ln in lines if ln.get_label() == plots.TEACHER_SHAPE_LABEL]
+    assert len(teacher_line) == 1 and teacher_line[0].get_linestyle() == "--"
     x, y = teacher_line[0].get_data()
     assert x[0] == 1 and x[-1] == KWARGS["depth"] and len(x) == t_depth  # depth-aligned on the student's axis
-    curves = [ln for ln in lines if ln.get_linestyle() != "--"]
+    curves = [ln for ln in lines if ln.get_label().startswith(("_epoch", "init"))]
     assert len(curves) == len(EPOCHS)  # one curve per checkpoint epoch
+    assert curves[0].get_label() == "init (epoch 0)" and curves[0].get_linestyle() == ":"
     # The SoftKD curve of epoch 0 is the mean of its two seeds (shifted by 0.1 and 0.3).
-    e0 = values[(values["metric"] == "entropy") & (values["epoch"] == 0)].sort_values("layer")["value"]
+    entropy = values[values["metric"] == "entropy"]
+    e0 = entropy[entropy["epoch"] == 0].sort_values("layer")["value"]
     np.testing.assert_allclose(curves[0].get_ydata(), e0.to_numpy() + 0.2, rtol=0, atol=1e-12)
+    # The best checkpoint: black, solid, labelled with its epoch; the seeds' mean.
+    (best,) = [ln for ln in lines if ln.get_label().startswith("best")]
+    assert best.get_label() == f"best (epoch {BEST_EPOCH})" and best.get_color() == "black"
+    eb = entropy[entropy["checkpoint"] == "best"].sort_values("layer")["value"]
+    np.testing.assert_allclose(best.get_ydata(), eb.to_numpy() + 0.2, rtol=0, atol=1e-12)
+    # The teacher (3.0 .. 4.0 bits, linear) is rescaled onto the range of the panel's student curves.
+    student = np.concatenate([ln.get_ydata() for ln in [*curves, best]])
+    assert y.min() == pytest.approx(student.min(), abs=1e-12) and y.max() == pytest.approx(student.max(), abs=1e-12)
+    np.testing.assert_allclose(np.diff(y), np.diff(y)[0], rtol=1e-9)  # its shape (a straight line) kept
+    assert plots.TEACHER_SHAPE_LABEL in [t.get_text() for t in panels[0].get_legend().get_texts()]
     assert len(panels[0].collections) == len(EPOCHS) and not panels[1].collections  # seed bands: >1 seed only
     plots.plt.close(fig)
 
@@ -246,3 +258,76 @@ def test_fig4_bad_input_is_a_one_line_error(evolved, tmp_path):
     assert_one_line_error(run_step(*base[:-2], "--evolution", str(tmp_path / "none.parquet")),
                           "evolution table not found", "run the evolution step")
     assert not (tmp_path / "fig4.pdf").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The authors' published tables (reference/entropy) in the same format, drawn by the same function
+# ---------------------------------------------------------------------------------------------------------
+
+def _log_best_epoch(path) -> int:
+    """Independently of the tables module: 1 + the first 0-based epoch with the highest test_acc1."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    top = max(r["test_acc1"] for r in rows)
+    return 1 + min(r["epoch"] for r in rows if r["test_acc1"] == top)
+
+
+def test_published_entropy_table_in_the_evolution_format():
+    import csv
+
+    from conftest import REPO
+    from pipeline_steps.evolution import read_published, read_published_entropy
+
+    path = REPO / "reference/entropy/SoftKD.csv"
+    with path.open() as f:
+        wide = {row["Model/Epoch"]: row for row in csv.DictReader(f)}
+    got = read_published_entropy(path, "softkd", best_epoch=297)
+    assert len(got) == 11 * 12 and set(got["metric"]) == {"entropy"} and set(got["run_id"]) == {"softkd"}
+    epochs = got[got["checkpoint"] != "best"]
+    assert sorted(epochs["epoch"].unique()) == list(range(30, 301, 30))
+    assert set(epochs["checkpoint"]) == {f"checkpoint_epoch_{e}" for e in range(30, 301, 30)}
+    for name, epoch in [("checkpoint_epoch_30", 30), ("checkpoint_epoch_300", 300)]:
+        rows = got[got["checkpoint"] == name].sort_values("layer")
+        assert set(rows["epoch"]) == {epoch} and list(rows["layer"]) == list(range(1, 13))
+        assert list(rows["value"]) == [float(wide[name][f"Layer_{i}"]) for i in range(1, 13)]
+    assert got.loc[0, "value"] == 2.4673946862766547  # checkpoint_epoch_30, layer 1, as printed in the file
+    best = got[got["checkpoint"] == "best"].sort_values("layer")
+    assert set(best["epoch"]) == {297} and got["checkpoint"].iloc[-1] == "best"
+    assert list(best["value"]) == [float(wide["model_best"][f"Layer_{i}"]) for i in range(1, 13)]
+    assert read_published_entropy(path, "softkd")["epoch"].isna().sum() == 12  # best epoch unknown: <NA>
+
+    values, labels = read_published(REPO / "reference/entropy", REPO / "reference/logs")
+    assert labels == {"softkd": "SoftKD", "spectralkd_f1": "SpectralKD F1", "spectralkd_l1": "SpectralKD L1",
+                      "spectralkd_f1l1": "SpectralKD F1 L1"}
+    logs = {"softkd": "SoftKD.txt", "spectralkd_f1": "SpectralKD_First_1.txt",
+            "spectralkd_l1": "SpectralKD_Last_1.txt", "spectralkd_f1l1": "SpectralKD_First_1_Last_1.txt"}
+    best_epochs = values[values["checkpoint"] == "best"].groupby("run_id")["epoch"].first().to_dict()
+    assert best_epochs == {r: _log_best_epoch(REPO / "reference/logs" / log) for r, log in logs.items()}
+    assert best_epochs == {"softkd": 297, "spectralkd_f1": 299, "spectralkd_l1": 297, "spectralkd_f1l1": 290}
+
+
+def test_published_fig4_through_the_cli_with_the_same_function(tmp_path):
+    from conftest import REPO
+    from pipeline_steps import figures, plots
+    from pipeline_steps.evolution import read_published
+
+    out = tmp_path / "paper_fig4_published.pdf"
+    proc = run_step("figures", "--config-json", json.dumps({"figures": {"dpi": 50}}), "--figure",
+                    "evolution_published", "--published-entropy", str(REPO / "reference/entropy"),
+                    "--published-logs", str(REPO / "reference/logs"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes().startswith(b"%PDF") and out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    values, labels = read_published(REPO / "reference/entropy", REPO / "reference/logs")
+    fig = plots.figure_evolution(values, None, labels, figures.PUBLISHED_TITLE)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["(a) SoftKD", "(b) SpectralKD F1", "(c) SpectralKD L1",
+                                                 "(d) SpectralKD F1 L1"]
+    best = [ln.get_label() for ax in panels for ln in ax.get_lines() if ln.get_label().startswith("best")]
+    assert best == ["best (epoch 297)", "best (epoch 299)", "best (epoch 297)", "best (epoch 290)"]
+    softkd_300 = [ln for ln in panels[0].get_lines() if ln.get_label() == "_epoch 300"][0]
+    assert softkd_300.get_ydata()[0] == values[(values["run_id"] == "softkd") & (values["epoch"] == 300)
+                                               & (values["checkpoint"] != "best") & (values["layer"] == 1)]["value"].item()
+    plots.plt.close(fig)
+    assert_one_line_error(run_step("figures", "--figure", "evolution_published", "--published-entropy",
+                                   str(tmp_path / "none"), "--out", str(tmp_path / "f.pdf")),
+                          "published entropy table not found")
+    assert not (tmp_path / "f.pdf").exists()
