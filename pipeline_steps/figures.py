@@ -118,7 +118,8 @@ def parse_labels(text: str | None) -> dict[str, str] | None:
 
 def run_evolution(evolution: Sequence[str | Path], reductions: str | Path | None, out: str | Path,
                   figures_params: dict[str, Any], labels: dict[str, str] | None = None,
-                  title: str | None = None) -> list[Path]:
+                  title: str | None = None,
+                  models: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None) -> list[Path]:
     """Draw Fig. 4 into ``out`` (``.pdf``; a ``.png`` is written beside it).
 
     Args:
@@ -129,7 +130,8 @@ def run_evolution(evolution: Sequence[str | Path], reductions: str | Path | None
         figures_params: The validated ``figures`` params section (``dpi``; ``title`` is the teacher
             figures' and is not used here).
         labels: Configuration name -> panel title, in panel order (default: every configuration, by name).
-        title: Figure title (default none; the step gives the models, see :func:`students_title`).
+        title: Figure title (default: :func:`students_title` of ``models``, else none).
+        models: The configured ``(student.model, teacher.model)`` specs, for the default title.
 
     Returns:
         The written paths (PDF, PNG).
@@ -147,24 +149,18 @@ def run_evolution(evolution: Sequence[str | Path], reductions: str | Path | None
     teacher = None
     if reductions is not None:
         teacher = _read_table(reductions, "reductions table", "run the reduce step first")
+    if title is None and models is not None and "arch" in values.columns:
+        title = students_title(*models, values["arch"].unique())
     fig = plots.figure_evolution(values, teacher, labels, title)
     return plots.save_figure(fig, out, dpi=figures_params["dpi"])
 
 
-def _students_title_of(evolution: Sequence[str | Path] | None, params: Mapping[str, Any]) -> str | None:
-    if not evolution or not all(Path(p).is_file() for p in evolution):
-        return None  # run_evolution says what is missing
-    arch = pd.concat([pd.read_parquet(p, columns=["arch"]) for p in evolution], ignore_index=True)
-    return students_title(params, arch)
-
-
-def students_title(params: Mapping[str, Any], values: pd.DataFrame) -> str | None:
-    """Fig. 4's title: the students and the teacher as configured; ``None`` when the tables' architecture is
-    not the configured student's (tables drawn with a foreign config)."""
+def students_title(student: Mapping[str, Any], teacher: Mapping[str, Any], archs: Sequence[str]) -> str | None:
+    """Fig. 4's title: the students and the teacher as configured (:func:`pipeline_steps.models.describe_model`);
+    ``None`` when the tables' architectures (``archs``) are not the configured student's."""
     from .models import describe_model
 
-    student, teacher = params["student"]["model"], params["teacher"]["model"]
-    if set(values["arch"].unique()) != {student["arch"]}:
+    if set(archs) != {student["arch"]}:
         return None
     return f"Students: {describe_model(student)}; teacher: {describe_model(teacher)}"
 
@@ -204,14 +200,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for --figure evolution_published: the authors' logs (reference/logs), for the "
                              "best checkpoints' epochs")
     parser.add_argument("--out", required=True, help="output PDF path (a PNG is written beside it)")
-    parser.add_argument("--title", default=None, help="figure title (default: figures.title; none for evolution)")
+    parser.add_argument("--title", default=None,
+                        help="figure title (default: figures.title, else the model as configured; for evolution: "
+                             "the configured student and teacher)")
 
 
 def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
     if args.figure == EVOLUTION:
         written = run_evolution(args.evolution or [], args.reductions, args.out, params["figures"],
-                                parse_labels(args.labels_json),
-                                args.title if args.title is not None else _students_title_of(args.evolution, params))
+                                parse_labels(args.labels_json), args.title,
+                                (params["student"]["model"], params["teacher"]["model"]))
     elif args.figure == EVOLUTION_PUBLISHED:
         if args.published_entropy is None:
             raise UserError("figure evolution_published needs --published-entropy reference/entropy")

@@ -184,3 +184,12 @@ def test_fig4_teacher_is_drawn_for_its_shape_on_the_panels_range():
     np.testing.assert_allclose(line.get_xdata(), 1 + np.arange(8) * 3 / 7)  # depth-aligned
     assert plots.TEACHER_SHAPE_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
     plots.plt.close(fig)
+
+
+def test_fig4_title_names_students_and_teacher_as_configured():
+    student = {"arch": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 64,
+                                                          "depth": 6, "num_heads": 2}}
+    teacher = {"arch": "cait_s24_224", "kwargs": {}}
+    assert figures.students_title(student, teacher, ["vit_tiny_patch16_224"]) == (
+        "Students: ViT, 6 blocks, width 64, patch 8; teacher: CaiT, 24 blocks, width 384, patch 16")
+    assert figures.students_title(student, teacher, ["deit_tiny_patch16_224"]) is None  # tables of another model
