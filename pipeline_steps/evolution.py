@@ -197,7 +197,8 @@ PUBLISHED_ENTROPY: dict[str, tuple[str, str, str]] = {
 PUBLISHED_ARCH = "deit_tiny_patch16_224"
 
 
-def read_published_entropy(path: str | Path, run_id: str, best_epoch: int | None = None) -> "pd.DataFrame":  # noqa: F821
+def read_published_entropy(path: str | Path, run_id: str,
+                           best_epoch: int | None = None) -> "pd.DataFrame":  # noqa: F821
     """One of the authors' per-checkpoint entropy tables, in the evolution step's long format.
 
     The file is wide (header ``Model/Epoch,Layer_1,...,Layer_L``, one row per checkpoint). Row
@@ -257,7 +258,8 @@ def published_best_epoch(log_path: str | Path) -> int:
     return run_summary(read_run_log(log_path))["best_epoch"] + 1
 
 
-def read_published(entropy_dir: str | Path, logs_dir: str | Path | None = None) -> tuple["pd.DataFrame", dict[str, str]]:  # noqa: F821
+def read_published(entropy_dir: str | Path,
+                   logs_dir: str | Path | None = None) -> tuple["pd.DataFrame", dict[str, str]]:  # noqa: F821
     """The authors' four Fig. 4 tables (:data:`PUBLISHED_ENTROPY`) as one long table, and their panel titles.
 
     Args:

@@ -1,7 +1,8 @@
 """Figures in one clean style: per-layer profiles (Fig. 1-2), channel spectra (Fig. 3), evolution (Fig. 4).
 
 All functions take the long-format reductions table (see :mod:`pipeline_steps.reduce`; Fig. 4
-the evolution step's tables, the same columns plus ``run_id``) and return a matplotlib ``Figure``;
+the evolution step's tables, the same columns plus ``run_id``, or the authors' published tables read into
+that format by :func:`pipeline_steps.evolution.read_published_entropy`) and return a matplotlib ``Figure``;
 :func:`save_figure` writes it as PDF and PNG atomically.
 Layers are 1-based, as in the paper.
 """

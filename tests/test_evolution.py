@@ -324,8 +324,8 @@ def test_published_fig4_through_the_cli_with_the_same_function(tmp_path):
     best = [ln.get_label() for ax in panels for ln in ax.get_lines() if ln.get_label().startswith("best")]
     assert best == ["best (epoch 297)", "best (epoch 299)", "best (epoch 297)", "best (epoch 290)"]
     softkd_300 = [ln for ln in panels[0].get_lines() if ln.get_label() == "_epoch 300"][0]
-    assert softkd_300.get_ydata()[0] == values[(values["run_id"] == "softkd") & (values["epoch"] == 300)
-                                               & (values["checkpoint"] != "best") & (values["layer"] == 1)]["value"].item()
+    at_300 = values[(values["run_id"] == "softkd") & (values["checkpoint"] == "checkpoint_epoch_300")]
+    assert softkd_300.get_ydata()[0] == at_300[at_300["layer"] == 1]["value"].item()
     plots.plt.close(fig)
     assert_one_line_error(run_step("figures", "--figure", "evolution_published", "--published-entropy",
                                    str(tmp_path / "none"), "--out", str(tmp_path / "f.pdf")),
