@@ -94,6 +94,8 @@ def _check_cross_field(params: dict) -> None:
                         "set it to your ImageNet-style directory")
     if "distill" in params:
         distill_runs(params)
+        if "evolution_panels" in params.get("figures", {}):
+            evolution_panels(params)
         if params["distill"]["teacher_cache"] == "on" and recipe_augments(params["distill"]["train"]):
             raise UserError("distill.teacher_cache is on but the recipe augments (randaugment / reprob / mixup / "
                             "cutmix), so cached teacher outputs would not match the student's images; set "
@@ -196,6 +198,28 @@ def distill_runs(params: Mapping) -> list[DistillRun]:
     return runs
 
 
+def evolution_panels(params: Mapping) -> dict[str, str]:
+    """Fig. 4's panels: grid configuration name -> panel title, in panel order.
+
+    ``figures.evolution_panels`` is ``all`` (every ``distill.runs`` entry, in grid order) or a list of entry
+    names (that order).
+
+    Raises:
+        UserError: A listed name is not a ``distill.runs`` entry.
+    """
+    titles = {}
+    for run in distill_runs(params):
+        titles.setdefault(run.name, run.label)
+    chosen = params["figures"]["evolution_panels"]
+    if chosen == "all":
+        return titles
+    unknown = [name for name in chosen if name not in titles]
+    if unknown:
+        raise UserError(f"figures.evolution_panels lists '{unknown[0]}', which is not a distill.runs entry; choose "
+                        f"from {', '.join(titles)} or use all")
+    return {name: titles[name] for name in chosen}
+
+
 def distill_run(params: Mapping, run_id: str) -> DistillRun:
     """The grid run called ``run_id`` (``<name>-s<seed>``), with a one-line error listing the valid ids."""
     runs = {r.run_id: r for r in distill_runs(params)}
@@ -281,16 +305,20 @@ RULE_PARAMS: dict[str, tuple[str, ...]] = {
     "extract": (*ANALYSIS_DATA_PARAMS, "teacher.model", "analysis.batch_size", "analysis.layers"),
     "reduce": ("teacher.name", "analysis.bins", "analysis.range_policy", "analysis.chunk_images",
                "analysis.shape_tolerance"),
-    "fig_entropy": ("figures.dpi", "figures.title"),
-    "fig_magnitude": ("figures.dpi", "figures.title"),
-    "fig_spectra": ("figures.dpi", "figures.title", "figures.spectra_layers"),
-    "fig_spectra_all": ("figures.dpi", "figures.title"),
+    "fig_entropy": ("teacher.name", "teacher.model", "figures.dpi", "figures.title"),
+    "fig_magnitude": ("teacher.name", "teacher.model", "figures.dpi", "figures.title"),
+    "fig_spectra": ("teacher.name", "teacher.model", "figures.dpi", "figures.title", "figures.spectra_layers",
+                    "figures.spectra_scale"),
+    "fig_spectra_all": ("teacher.name", "teacher.model", "figures.dpi", "figures.title", "figures.spectra_scale"),
     "teacher_cache": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill.runs",
                       "distill.train.device"),
     "distill": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill"),
     "evolution": (*ANALYSIS_DATA_PARAMS, "analysis"),
-    "fig_evolution": ("figures.dpi", "figures.title", "distill.runs", "distill.seeds"),
+    "fig_evolution": ("teacher.model", "student.model", "figures.dpi", "figures.evolution_panels", "distill.runs",
+                      "distill.seeds"),
     "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
+    "fig_evolution_published": ("figures.dpi",),
+    "table1_published": (),
     "headline": (),
 }
 

@@ -1,7 +1,7 @@
 """The run's headline numbers in one small Markdown file (results/headline.md), written by the pipeline.
 
 What a README, a paper draft or a lab notebook quotes: the teacher's top-1 and profile shapes, Table 1's rows
-and the shape of every student's final entropy profile, each read from the artifact that defines it (the
+and the shape of every student's final and best entropy profile, each read from the artifact that defines it (the
 teacher's log, the reduce and evolution summaries, Table 1's CSV), plus what the training runs computed with
 (library versions, CPU vector ISA, threads: bitwise reproducibility holds only for the same settings). The
 file holds no timestamps or paths, so a repeated run on the same settings writes the same bytes.
@@ -19,6 +19,7 @@ import pandas as pd
 from ._io import write_text
 from .environment import summarise
 from .errors import UserError
+from .evolution import BEST_CHECKPOINT
 
 
 def _read_json(path: str | Path, what: str) -> Any:
@@ -116,15 +117,18 @@ def headline(*, teacher_summary: str | Path, table1_csv: str | Path | None = Non
         lines.append("")
 
     if evolution_summaries:
-        lines += ["## Students: entropy profile of the final checkpoint (bits)", "",
-                  "| run | epoch | shape | layer 1 | last layer | minimum at layer | drop | rise |",
-                  "|---|--:|---|--:|--:|--:|--:|--:|"]
+        lines += ["## Students: entropy profile of the final and the best checkpoint (bits)", "",
+                  "| run | checkpoint | epoch | shape | layer 1 | last layer | minimum at layer | drop | rise |",
+                  "|---|---|--:|---|--:|--:|--:|--:|--:|"]
         for path in sorted(map(str, evolution_summaries)):
-            ev = _read_parquet(path, "evolution summary", ("run_id", "epoch", "metric", "shape"))
+            ev = _read_parquet(path, "evolution summary", ("run_id", "checkpoint", "epoch", "metric", "shape"))
             ev = ev[ev["metric"] == "entropy"]
-            r = ev.loc[ev["epoch"].idxmax()]
-            lines.append(f"| {r['run_id']} | {int(r['epoch'])} | {r['shape']} | {r['first']:.3f} | {r['last']:.3f} "
-                         f"| {int(r['argmin_layer'])} | {r['drop']:.3f} | {r['rise']:.3f} |")
+            epochs = ev[ev["checkpoint"] != BEST_CHECKPOINT]
+            shown = [("final", epochs.loc[epochs["epoch"].idxmax()])]
+            shown += [("best", row) for _, row in ev[ev["checkpoint"] == BEST_CHECKPOINT].iterrows()]
+            for name, r in shown:
+                lines.append(f"| {r['run_id']} | {name} | {int(r['epoch'])} | {r['shape']} | {r['first']:.3f} "
+                             f"| {r['last']:.3f} | {int(r['argmin_layer'])} | {r['drop']:.3f} | {r['rise']:.3f} |")
         lines.append("")
     return "\n".join(lines)
 

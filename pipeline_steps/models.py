@@ -516,3 +516,47 @@ def check_input_size(model: torch.nn.Module, size: tuple[int, int], *, where: st
     if img and (h, w) != tuple(img):
         raise UserError(f"images are {h}x{w} but model '{model_arch(model)}' expects {img[0]}x{img[1]}; "
                         f"set {where} to {h} (or change the data's image size)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------------
+
+#: timm architecture prefix -> the family name figures print.
+_FAMILY_NAMES = {"vit": "ViT", "deit": "DeiT", "deit3": "DeiT-III", "cait": "CaiT", "beit": "BEiT", "eva": "EVA",
+                 "eva02": "EVA-02", "flexivit": "FlexiViT", "xcit": "XCiT", "swin": "Swin"}
+
+
+def describe_model(spec: Mapping[str, Any]) -> str:
+    """The model as configured, for figure titles: ``"ViT, 12 blocks, width 128, patch 8"``.
+
+    The timm name alone misleads once ``kwargs`` override its defaults (``vit_tiny_patch16_224`` with
+    ``depth: 6, patch_size: 8``), so the numbers come from the model built from ``arch`` + ``kwargs``, on
+    torch's meta device (no memory, no weights, no init cost).
+
+    Args:
+        spec: A params model spec (``arch``, ``kwargs``; ``weights`` is ignored).
+
+    Returns:
+        Family, number of blocks (:func:`num_blocks`), embedding width and patch size; the parts the model
+        does not have are left out.
+
+    Raises:
+        UserError: Unknown architecture or kwargs it does not accept.
+    """
+    arch, kwargs = spec["arch"], dict(spec.get("kwargs") or {})
+    _check_arch(arch)
+    with torch.device("meta"):
+        model = _build(arch, kwargs, pretrained=False)
+    family = _FAMILY_NAMES.get(arch.split("_")[0], arch.split("_")[0])
+    parts = [family]
+    if getattr(model, "blocks", None) is not None:
+        parts.append(f"{len(model.blocks)} blocks")
+    width = getattr(model, "embed_dim", None)
+    if isinstance(width, int):
+        parts.append(f"width {width}")
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+        parts.append(f"patch {patch[0]}" if patch[0] == patch[1] else f"patch {patch[0]}x{patch[1]}")
+    return ", ".join(parts)

@@ -15,7 +15,8 @@ Run directory (``out_dir``)::
                                      epoch, n_parameters)
     model.safetensors                final weights (written last: its presence means the run finished)
     best.safetensors                 weights of the best test top-1 epoch
-    checkpoints.json                 the kept checkpoints (epoch, path, sha256), for the evolution analysis
+    checkpoints.json                 the kept checkpoints (epoch, path, sha256) and the best one (``best``: epoch,
+                                     path, sha256, test_acc1), for the evolution analysis
     environment.json                 what each attempt (start, resume) computed with: versions, device, CPU
                                      vector ISA, threads, processes (:mod:`environment`)
     checkpoints/epoch_NNNN.safetensors   weights after NNNN epochs: 0, every ``checkpoint_every``, the last
@@ -468,6 +469,8 @@ class Position:
     kept: list[dict[str, Any]] = field(default_factory=list)
     #: One :func:`environment.describe` record per attempt (start or resume) of the run, with where it began.
     environments: list[dict[str, Any]] = field(default_factory=list)
+    #: best.safetensors as checkpoints.json lists it (epoch, path, sha256, test_acc1); None before epoch 1.
+    best: dict[str, Any] | None = None
 
 
 class RunDirectory:
@@ -506,10 +509,22 @@ class RunDirectory:
         write_json(self.path / "environment.json", {"run_id": self.metadata.get("run_id", self.path.name),
                                                     "attempts": position.environments})
 
+    def keep_best(self, student: nn.Module, epoch: int, test_acc1: float, position: Position) -> None:
+        """Weights of a new best test top-1 (after ``epoch`` epochs) into best.safetensors, listed in
+        checkpoints.json as ``best``."""
+        path = self.save_weights(student, "best.safetensors", epoch=epoch, test_acc1=test_acc1)
+        position.best_acc1 = test_acc1
+        position.best = {"epoch": epoch, "path": path.relative_to(self.path).as_posix(), "sha256": sha256_file(path),
+                         "test_acc1": test_acc1}
+        self.write_manifest(position)
+
     def write_manifest(self, position: Position) -> None:
-        write_json(self.path / "checkpoints.json", {"run_id": self.metadata.get("run_id", self.path.name),
-                                                   "epochs": self.metadata.get("epochs"),
-                                                   "checkpoints": sorted(position.kept, key=lambda k: k["epoch"])})
+        """checkpoints.json (atomic): the kept checkpoints by epoch and, once an epoch is evaluated, the best."""
+        doc = {"run_id": self.metadata.get("run_id", self.path.name), "epochs": self.metadata.get("epochs"),
+               "checkpoints": sorted(position.kept, key=lambda k: k["epoch"])}
+        if position.best is not None:
+            doc["best"] = position.best
+        write_json(self.path / "checkpoints.json", doc)
 
     def save_state(self, trainee: Trainee, optimizer: torch.optim.Optimizer, scheduler: CosineLRScheduler,
                    scaler: torch.amp.GradScaler, position: Position, step: int) -> None:
@@ -519,7 +534,8 @@ class RunDirectory:
         state = {
             "fingerprint": self.fingerprint, "weights_sha256": sha256_file(weights), "step": step,
             "epoch": position.epoch, "batch": position.batch, "sums": position.sums, "rows": position.rows,
-            "best_acc1": position.best_acc1, "kept": position.kept, "environments": position.environments,
+            "best_acc1": position.best_acc1, "kept": position.kept, "best": position.best,
+            "environments": position.environments,
             "objective": trainee.objective.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
         }
@@ -669,7 +685,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         position = Position(epoch=state["epoch"], batch=state["batch"], sums=state["sums"], rows=state["rows"],
-                            best_acc1=state["best_acc1"], kept=state["kept"],
+                            best_acc1=state["best_acc1"], kept=state["kept"], best=state.get("best"),
                             environments=state.get("environments", []))
         step = state["step"]
         if position.batch:
@@ -741,7 +757,7 @@ def train(
             seconds = time.perf_counter() - start
             n_batches = position.batch
             position = Position(epoch=epoch + 1, rows=position.rows, best_acc1=position.best_acc1,
-                                kept=position.kept, environments=position.environments)
+                                kept=position.kept, best=position.best, environments=position.environments)
             if procs.main:
                 test = evaluate(student, test_loader, device, autocast)
                 row = {"train_lr": sums["lr"] / n_batches, "train_loss": sums["loss"] / n_batches}
@@ -755,8 +771,7 @@ def train(
                            f"test_acc1 {test['acc1']:.2f}%  ({n_batches * recipe.batch_size / seconds:.0f} img/s)")
                 run.write_log(position.rows)
                 if test["acc1"] > position.best_acc1:
-                    position.best_acc1 = test["acc1"]
-                    run.save_weights(student, "best.safetensors", epoch=epoch + 1, test_acc1=test["acc1"])
+                    run.keep_best(student, epoch + 1, test["acc1"], position)
                 every = recipe.checkpoint_every
                 if epoch + 1 == recipe.epochs or (every and (epoch + 1) % every == 0):
                     run.keep_checkpoint(student, epoch + 1, position)

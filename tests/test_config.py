@@ -76,7 +76,7 @@ def test_rule_params_match_dvc_stages():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert set(stages) == set(RULE_PARAMS)
     for name, stage in stages.items():
-        assert sorted(stage.get("params", [])) == sorted(RULE_PARAMS[name]), name
+        assert sorted(stage.get("params", [])) == sorted(RULE_PARAMS[name]), name  # none: the stage reads none
     # And each selected key exists in a validated config (no typos in RULE_PARAMS).
     params = validate_params({})
     for keys in RULE_PARAMS.values():
@@ -136,3 +136,19 @@ def test_paper_preset_has_table1_grid():
     assert len(runs) == 13
     assert {r.label for r in runs if r.epochs == 500} == {"SoftKD (500 ep)", "SpectralKD L1 (500 ep)"}
     assert [r.beta for r in runs if r.name == "spectralkd_l1_beta0.1"] == [0.1]
+
+
+def test_evolution_panels_select_grid_entries_in_their_order():
+    from pipeline_steps.config import evolution_panels
+
+    paper = load_params([REPO / "configs" / "paper.yaml"])
+    assert evolution_panels(paper) == {"softkd": "SoftKD", "spectralkd_f1": "SpectralKD F1",
+                                       "spectralkd_l1": "SpectralKD L1", "spectralkd_f1l1": "SpectralKD F1 L1"}
+    default = load_params([REPO / "params.yaml"])
+    assert list(evolution_panels(default)) == [r["name"] for r in default["distill"]["runs"]]  # all, grid order
+    with pytest.raises(UserError, match="figures.evolution_panels lists 'softkd_f1', which is not a distill.runs "
+                                        "entry; choose from softkd, .* or use all"):
+        validate_params(deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                                   {"figures": {"evolution_panels": ["softkd", "softkd_f1"]}}))
+    with pytest.raises(UserError, match="figures.evolution_panels"):
+        validate_params({"figures": {"evolution_panels": []}})

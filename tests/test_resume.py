@@ -104,7 +104,7 @@ def assert_same_run(run: Path, reference: Path, context: str) -> None:
     # map in hash order), so the manifests are compared without them, and each hash against its own file.
     manifests = [json.loads((d / "checkpoints.json").read_text()) for d in (run, reference)]
     for manifest, directory in zip(manifests, (run, reference)):
-        for k in manifest["checkpoints"]:
+        for k in [*manifest["checkpoints"], manifest["best"]]:
             assert sha256_file(directory / k["path"]) == k.pop("sha256"), (directory, k, msg)
     assert manifests[0] == manifests[1], msg
     kept = manifests[1]["checkpoints"]
@@ -249,6 +249,8 @@ def test_checkpoints_manifest_and_best(terminated):
     best = max(range(EPOCHS), key=lambda e: (rows[e]["test_acc1"], -e))  # the first epoch with the top acc1
     meta = read_weights_metadata(run / "best.safetensors")
     assert meta["epoch"] == best + 1 and meta["test_acc1"] == rows[best]["test_acc1"]  # epochs completed
+    assert manifest["best"] == {"epoch": best + 1, "path": "best.safetensors",
+                                "sha256": sha256_file(run / "best.safetensors"), "test_acc1": rows[best]["test_acc1"]}
     final = read_weights_metadata(run / "model.safetensors")
     assert final["epoch"] == EPOCHS and final["test_acc1"] == rows[-1]["test_acc1"]
     last = tensors(run / kept[-1]["path"])

@@ -4,8 +4,10 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline_steps.config import (FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, select,
-                                    uses_teacher_cache, validate_params)
+from pipeline_steps.config import (FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, evolution_panels,
+                                    select, uses_teacher_cache, validate_params)
+from pipeline_steps.evolution import PUBLISHED_ENTROPY
+from pipeline_steps.tables import PUBLISHED_TABLE1_LOGS
 from pipeline_steps.errors import UserError
 
 try:
@@ -57,6 +59,17 @@ FIG4 = "results/figures/fig4_evolution"
 TABLE1 = "results/tables/table1"
 HEADLINE = "results/headline.md"
 DISTILL_OUTPUTS = [f"{FIG4}.{ext}" for ext in ("pdf", "png")] + [f"{TABLE1}.{ext}" for ext in ("csv", "md", "tex", "json")]
+# Fig. 4's panels (figures.evolution_panels): configuration name -> title; the runs whose tables it draws.
+FIG4_PANELS = evolution_panels(config)
+FIG4_RUNS = [run_id for run_id, run in RUNS.items() if run.name in FIG4_PANELS]
+
+# The authors' published data (reference/, vendored): their Fig. 4 and Table 1, redrawn by our code.
+PUBLISHED_ENTROPY_DIR = "reference/entropy"
+PUBLISHED_LOGS_DIR = "reference/logs"
+FIG4_PUBLISHED = "results/figures/paper_fig4_published"
+TABLE1_PUBLISHED = "results/tables/table1_published"
+PUBLISHED_OUTPUTS = [f"{FIG4_PUBLISHED}.{ext}" for ext in ("pdf", "png")] + [
+    f"{TABLE1_PUBLISHED}.{ext}" for ext in ("csv", "md", "tex", "json")]
 
 
 def run_config(wildcards):
