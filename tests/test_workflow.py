@@ -89,6 +89,12 @@ def planning_copy(tmp_path_factory) -> Path:
     return scratch_copy(tmp_path_factory.mktemp("plan"), preset=None)
 
 
+#: Jobs `snakemake -n` plans in a fresh clone, per preset (None: params.yaml). The paper preset's Fig. 4 draws 4 of
+#: its 13 runs (figures.evolution_panels); the headline lists every run's final entropy profile, so all 13
+#: evolution jobs are planned.
+PLANNED_JOBS = {None: 40, "configs/smoke.yaml": 22, "configs/paper.yaml": 39}
+
+
 def planned_jobs(workdir: Path, *extra: str) -> int:
     proc = sh(["snakemake", "-n", *extra], workdir)
     total = re.search(r"^total\s+(\d+)", proc.stdout, re.M)
@@ -97,9 +103,7 @@ def planned_jobs(workdir: Path, *extra: str) -> int:
 
 
 def test_snakemake_dry_run_plans_every_preset(planning_copy):
-    # The paper preset's Fig. 4 draws 4 of its 13 runs (figures.evolution_panels); the headline lists every
-    # run's final entropy profile, so all 13 evolution jobs are planned.
-    for preset, jobs in [(None, 40), ("configs/smoke.yaml", 22), ("configs/paper.yaml", 39)]:
+    for preset, jobs in PLANNED_JOBS.items():
         assert planned_jobs(planning_copy, *(["--configfile", preset] if preset else [])) == jobs, preset
 
 
@@ -119,7 +123,7 @@ def test_a_used_clone_is_planned_from_scratch(planning_copy, tmp_path):
     copy = scratch_copy(tmp_path / "copy", preset=None, src=used)
     assert not any((copy / name).exists() for name in USER_STATE)
     assert sorted(project_files(copy)) == sorted(project_files(planning_copy))
-    assert planned_jobs(copy) == 38
+    assert planned_jobs(copy) == PLANNED_JOBS[None]
 
 
 def test_paper_preset_plans_table1_grid_without_mixing_in_the_default(planning_copy):
