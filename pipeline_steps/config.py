@@ -319,7 +319,7 @@ RULE_PARAMS: dict[str, tuple[str, ...]] = {
     "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
     "fig_evolution_published": ("figures.dpi",),
     "table1_published": (),
-    "headline": (),
+    "headline": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
 }
 
 

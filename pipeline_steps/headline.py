@@ -66,21 +66,22 @@ def _environment_lines(environments: Sequence[str | Path]) -> list[str]:
 
 
 def headline(*, teacher_summary: str | Path, table1_csv: str | Path | None = None,
-             teacher_log: str | Path | None = None, evolution_summaries: Sequence[str | Path] = (),
-             environments: Sequence[str | Path] = ()) -> str:
+             teacher_log: str | Path | None = None, runs: Sequence["RunSpec"] = (),  # noqa: F821
+             evolution_summaries: Sequence[str | Path] = (), environments: Sequence[str | Path] = ()) -> str:
     """The headline Markdown of one pipeline run.
 
     Args:
         teacher_summary: The reduce step's summary table (teacher profile shapes).
         table1_csv: Table 1 (CSV), when the run trained students.
         teacher_log: The teacher's training log, when the pipeline trained it.
+        runs: The grid's runs (:func:`tables.grid_runs`), for the paired differences to SoftKD.
         evolution_summaries: The evolution step's summary tables (one per student run).
         environments: ``environment.json`` of the teacher and student runs.
 
     Returns:
         The Markdown text (deterministic: numbers at fixed precision, rows in a fixed order).
     """
-    from .tables import read_run_log, read_table1, run_summary
+    from .tables import paired_differences, read_run_log, read_table1, run_summary
 
     lines = ["# Headline numbers", "",
              "Written by the pipeline (`python -m pipeline_steps headline`) from its own artifacts; README quotes",
@@ -116,6 +117,21 @@ def headline(*, teacher_summary: str | Path, table1_csv: str | Path | None = Non
                          f"| {delta} |")
         lines.append("")
 
+    if runs:
+        paired = paired_differences(runs)
+        lines += ["## Students: paired difference to SoftKD (same seed, best test top-1, points)", "",
+                  "Runs with the same seed share initialisation and data order; the interval is a 95% Student-t",
+                  "interval over the seeds' differences.", "",
+                  "| configuration | pairs | mean difference | 95% interval | interval contains 0 |",
+                  "|---|--:|--:|--:|---|"]
+        for _, r in paired.iterrows():
+            name = r["label"] if r["layers"] == "-" or r["layers"] in r["label"] else f"{r['label']} {r['layers']}"
+            single = pd.isna(r["diff_ci_low"])
+            interval = "-" if single else f"[{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]"
+            zero = "- (one seed)" if single else ("yes" if r["ci_contains_zero"] else "no")
+            lines.append(f"| {name} | {r['n_pairs']} | {r['diff_mean']:+.2f} | {interval} | {zero} |")
+        lines.append("")
+
     if evolution_summaries:
         lines += ["## Students: entropy profile of the final and the best checkpoint (bits)", "",
                   "| run | checkpoint | epoch | shape | layer 1 | last layer | minimum at layer | drop | rise |",
@@ -138,6 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the reduce step's summary table (results/reductions/teacher_summary.parquet)")
     parser.add_argument("--teacher-log", metavar="TXT", help="the teacher's training log, if the pipeline trained it")
     parser.add_argument("--table1", metavar="CSV", help="Table 1 (results/tables/table1.csv)")
+    parser.add_argument("--runs-dir", metavar="DIR",
+                        help="the grid's run directories (results/runs), for the paired differences to SoftKD")
     parser.add_argument("--evolution", nargs="*", default=[], metavar="PARQUET",
                         help="evolution summary tables (results/evolution/<run>_summary.parquet)")
     parser.add_argument("--environments", nargs="*", default=[], metavar="JSON",
@@ -146,7 +164,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    from .tables import grid_runs
+
+    runs = grid_runs(params, args.runs_dir) if args.runs_dir else []
     text = headline(teacher_summary=args.teacher_summary, table1_csv=args.table1, teacher_log=args.teacher_log,
-                    evolution_summaries=args.evolution, environments=args.environments)
+                    runs=runs, evolution_summaries=args.evolution, environments=args.environments)
     write_text(args.out, text)
     print(f"headline -> {args.out}")

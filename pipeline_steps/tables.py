@@ -589,6 +589,61 @@ def table1_row_name(row: pd.Series) -> str:
     return f"{row['source']}: {', '.join(parts)}"
 
 
+#: Columns of :func:`paired_differences`.
+PAIRED_COLUMNS = ("source", "method", "label", "layers", "beta", "epochs", "n_pairs", "seeds", "diff_mean",
+                  "diff_std", "diff_ci_low", "diff_ci_high", "ci_contains_zero")
+
+
+def paired_differences(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataFrame:
+    """Each configuration's best top-1 minus the baseline's, seed by seed, with a 95% interval over seeds.
+
+    Runs of this pipeline with the same seed share the student's initialisation and the data order, so the
+    per-seed difference ``best_top1(config, seed) - best_top1(baseline, seed)`` removes that shared variation:
+    the paired interval is the one to read when seeds pair (Table 1's unpaired intervals are wider). The
+    baseline is the row of method ``baseline`` (no layers, no beta) of the same source and epochs; only seeds
+    present in both count.
+
+    Args:
+        runs: The runs, as for :func:`table1`.
+        baseline: Method name of the baseline rows.
+
+    Returns:
+        One row per non-baseline configuration with at least one paired seed, in Table 1's order: the
+        configuration columns, ``n_pairs``, ``seeds`` (";"-joined), ``diff_mean``, ``diff_std`` (ddof 1),
+        ``diff_ci_low`` / ``diff_ci_high`` (mean -+ t_{0.975, n-1} * std / sqrt(n)) and ``ci_contains_zero``;
+        the last four are NaN / NA for a single pair.
+
+    Raises:
+        UserError: As :func:`table1` for the runs' logs.
+    """
+    table = table1(runs, baseline)  # validates the runs and their logs, and gives the row order
+    best: dict[tuple, dict[int, float]] = {}
+    for spec in runs:
+        best.setdefault(spec.key, {})[spec.seed] = run_summary(read_run_log(spec.log_path))["best_top1"]
+    rows = []
+    for _, r in table.iterrows():
+        beta = None if pd.isna(r["beta"]) else float(r["beta"])
+        if r["method"] == baseline and r["layers"] == "-" and beta is None:
+            continue
+        ours = best[(r["source"], r["method"], r["layers"], beta, int(r["epochs"]))]
+        base = best.get((r["source"], baseline, "-", None, int(r["epochs"])), {})
+        seeds = sorted(set(ours) & set(base))
+        if not seeds:
+            continue
+        diffs = np.array([ours[s] - base[s] for s in seeds])
+        n, mean = len(diffs), float(diffs.mean())
+        std = lo = hi = float("nan")
+        if n > 1:
+            std = float(diffs.std(ddof=1))
+            half = t_quantile_975(n - 1) * std / math.sqrt(n)
+            lo, hi = mean - half, mean + half
+        rows.append({"source": r["source"], "method": r["method"], "label": r["label"], "layers": r["layers"],
+                     "beta": r["beta"], "epochs": int(r["epochs"]), "n_pairs": n,
+                     "seeds": ";".join(map(str, seeds)), "diff_mean": mean, "diff_std": std, "diff_ci_low": lo,
+                     "diff_ci_high": hi, "ci_contains_zero": pd.NA if n < 2 else bool(lo <= 0 <= hi)})
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
+
+
 def table1_metrics(df: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Table 1 as a ``dvc metrics`` JSON: :func:`table1_row_name` -> its numbers (NaN left out)."""
     keys = ("best_top1", "best_top1_std", "final_top1", "gap_best_final", "delta_vs_softkd", "n_seeds")

@@ -468,3 +468,27 @@ def test_metrics_names_are_unique_where_labels_are_not():
     metrics = tables.table1_metrics(tables.table1(runs))
     assert sorted(metrics) == ["this pipeline: SpectralKD L1, beta 0.1, 3 ep",
                                "this pipeline: SpectralKD L1, beta 0.2, 3 ep"]
+
+
+# ------------------------------------------------------------------------------ paired differences
+
+def test_paired_differences_pair_by_seed_and_match_a_direct_computation():
+    runs = fixture_runs()
+    best = {(r.method, r.seed): max(json.loads(line)["test_acc1"] for line in r.log_path.read_text().splitlines())
+            for r in runs}
+    d = np.array([best[("SpectralKD", s)] - best[("SoftKD", s)] for s in (0, 1, 2)])
+    half = T_DF2 * d.std(ddof=1) / math.sqrt(3)
+    got = tables.paired_differences(runs)
+    assert list(got.columns) == list(tables.PAIRED_COLUMNS) and len(got) == 1  # the baseline has no row
+    row = got.iloc[0]
+    assert (row["method"], row["layers"], row["n_pairs"], row["seeds"]) == ("SpectralKD", "F1", 3, "0;1;2")
+    assert row["diff_mean"] == pytest.approx(d.mean(), abs=1e-12)
+    assert row["diff_std"] == pytest.approx(d.std(ddof=1), abs=1e-12)
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-9)
+    assert row["ci_contains_zero"] == bool(d.mean() - half <= 0 <= d.mean() + half)
+    # A seed whose baseline run is missing is not paired; one pair has no interval.
+    two = tables.paired_differences([r for r in runs if (r.method, r.seed) != ("SoftKD", 2)]).iloc[0]
+    assert (two["n_pairs"], two["seeds"]) == (2, "0;1")
+    assert two["diff_mean"] == pytest.approx(d[:2].mean(), abs=1e-12)
+    one = tables.paired_differences([r for r in runs if r.seed == 0]).iloc[0]
+    assert one["n_pairs"] == 1 and math.isnan(one["diff_ci_low"]) and pd.isna(one["ci_contains_zero"])

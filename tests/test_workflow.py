@@ -227,6 +227,7 @@ def test_headline_is_written_from_the_artifacts_and_a_repeated_run_reproduces_it
         assert f" | {row['n_seeds']} | {row['best_top1']:.2f} | " in text, row["label"]
     for run in SMOKE_RUNS:
         assert f"| {run} | final | 2 | " in text and f"| {run} | best | " in text, run
+    assert text.count("| - | - (one seed) |") == len(SMOKE_RUNS) - 1  # paired to SoftKD, one seed: no interval
     assert f"torch {torch.__version__}" in text and f"cpu ({torch.backends.cpu.get_cpu_capability()})" in text
     again = scratch_copy(tmp_path / "again")
     sh(["snakemake", "--cores", "2", "results/headline.md"], again)
