@@ -298,6 +298,28 @@ def write_parquet(path: str | os.PathLike, df: "pandas.DataFrame") -> None:  # n
         df.to_parquet(tmp, index=False)
 
 
+def read_parquet(path: str | os.PathLike, what: str, fix: str) -> "pandas.DataFrame":  # noqa: F821
+    """Read a Parquet table an earlier step wrote, or stop with one line naming ``what`` and ``fix``.
+
+    Args:
+        path: The file.
+        what: What the file is, for the message ("sample manifest").
+        fix: How to get a good one, for the message ("run the sample step first").
+
+    Raises:
+        UserError: The file is missing or is not a readable Parquet file.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}; {fix}")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for a corrupt or foreign file
+        raise UserError(f"{what} {path} is not a readable Parquet file ({type(exc).__name__}); {fix}") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()

@@ -39,7 +39,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ._io import atomic_path, sha256_bytes
+from ._io import atomic_path, read_parquet, sha256_bytes
 from .config import SYNTHETIC_PATH
 from .errors import UserError
 
@@ -918,14 +918,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     Raises:
         UserError: The file is missing, not Parquet, or not a valid manifest.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample manifest not found: {path}; run the sample step first")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for a corrupt or foreign file
-        raise UserError(f"sample manifest {path} is not a readable Parquet file ({type(exc).__name__}); "
-                        "re-run the sample step") from None
+    df = read_parquet(path, "sample manifest", "run the sample step first")
     check_manifest(df, str(path))
     return df
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ._io import write_text
+from ._io import read_parquet, write_text
 from .environment import summarise
 from .errors import UserError
 from .evolution import BEST_CHECKPOINT
@@ -30,10 +30,7 @@ def _read_json(path: str | Path, what: str) -> Any:
 
 
 def _read_parquet(path: str | Path, what: str, columns: Sequence[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {what} {path}: {exc}; re-run the step that writes it") from None
+    df = read_parquet(path, what, "re-run the step that writes it")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise UserError(f"{what} {path} lacks column(s) {', '.join(missing)}; re-run the step that writes it")

@@ -47,13 +47,10 @@ def read_values_table(path: str | Path, what: str, fix: str, *, extra: dict[str,
         UserError: The file is missing, not Parquet, empty, lacks a column, or a column holds the wrong type
             of value or a null/NaN.
     """
+    from ._io import read_parquet
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}; {fix}")
-    try:
-        values = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for a corrupt or foreign file
-        raise UserError(f"{what} {path} is not a readable Parquet file ({type(exc).__name__}); {fix}") from None
+    values = read_parquet(path, what, fix)
     checked = {**_CHECKED_COLUMNS, **(extra or {})}
     missing = [c for c in checked if c not in values.columns]
     if missing:

@@ -158,7 +158,8 @@ def test_16_bit_images_span_0_to_255_instead_of_saturating(tmp_path):
 def test_float_images_are_refused_with_one_line(tmp_path):
     (tmp_path / "val" / "a").mkdir(parents=True)
     Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)).save(tmp_path / "val" / "a" / "f.tif")
-    ds = ImageFolderDataset(tmp_path, "val", {"resize": 8, "crop": 8})
+    ds = ImageFolderDataset(tmp_path, "val", {"resize": 8, "crop": 8, "interpolation": "nearest", "mean": [0, 0, 0],
+                                             "std": [1, 1, 1]})
     with pytest.raises(UserError, match=r"f\.tif is a floating-point image.*convert it"):
         ds[0]
 
