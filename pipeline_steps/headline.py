@@ -1,8 +1,9 @@
 """The run's headline numbers in one small Markdown file (results/headline.md), written by the pipeline.
 
-What a README, a paper draft or a lab notebook quotes: the teacher's top-1 and profile shapes, Table 1's rows
-and the shape of every student's final and best entropy profile, each read from the artifact that defines it (the
-teacher's log, the reduce and evolution summaries, Table 1's CSV), plus what the training runs computed with
+What a README, a paper draft or a lab notebook quotes: the teacher's top-1 and profile shapes, Table 1's rows,
+each configuration's paired (same-seed) difference to SoftKD with its interval, and the shape of every student's
+final and best entropy profile, each read from the artifact that defines it (the teacher's log, the reduce and
+evolution summaries, Table 1's CSV, the runs' logs), plus what the training runs computed with
 (library versions, CPU vector ISA, threads: bitwise reproducibility holds only for the same settings). The
 file holds no timestamps or paths, so a repeated run on the same settings writes the same bytes.
 """
@@ -38,7 +39,8 @@ def _read_parquet(path: str | Path, what: str, columns: Sequence[str]) -> pd.Dat
 
 
 def _profile_line(row: pd.Series, unit: str, digits: int) -> str:
-    """``increasing: 3.880 -> 4.540 bits, minimum at layer 1 (drop 0.000, rise 0.660)``."""
+    """``increasing (tolerance 0.1 on a linear scale): layer 1 3.944 -> last 4.665 bits, minimum 3.944 at layer 1,
+    drop 0.000, rise 0.721``."""
     f = f"{{:.{digits}f}}"
     return (f"{row['shape']} (tolerance {row['shape_tolerance']:g} on a {row['shape_scale']} scale): "
             f"layer 1 {f.format(row['first'])} -> last {f.format(row['last'])}{' ' + unit if unit else ''}, minimum "
@@ -52,9 +54,9 @@ def _environment_lines(environments: Sequence[str | Path]) -> list[str]:
     for path in environments:
         record = _read_json(path, "environment record")
         for attempt in record.get("attempts", []):
-            used.setdefault(summarise(attempt), [])
-            if record["run_id"] not in used[summarise(attempt)]:
-                used[summarise(attempt)].append(record["run_id"])
+            runs = used.setdefault(summarise(attempt), [])
+            if record["run_id"] not in runs:
+                runs.append(record["run_id"])
     lines = []
     for setting, runs in used.items():
         shown = ", ".join(runs) if len(runs) <= 3 else f"{len(runs)} runs"
