@@ -298,6 +298,28 @@ def write_parquet(path: str | os.PathLike, df: "pandas.DataFrame") -> None:  # n
         df.to_parquet(tmp, index=False)
 
 
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """Read a JSON file an earlier step wrote, or stop with one line naming ``what`` and ``fix``.
+
+    Args:
+        path: The file.
+        what: What the file is, for the message ("checkpoint index").
+        fix: How to get a good one, for the message ("re-run the distill step for this run").
+
+    Raises:
+        UserError: The file is missing, not UTF-8 text or not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}), so not a {what}; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+
+
 def read_parquet(path: str | os.PathLike, what: str, fix: str) -> "pandas.DataFrame":  # noqa: F821
     """Read a Parquet table an earlier step wrote, or stop with one line naming ``what`` and ``fix``.
 

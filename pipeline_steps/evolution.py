@@ -40,7 +40,6 @@ the same long format, so Fig. 4 draws them with the same function.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,20 +70,13 @@ def read_checkpoints(run_dir: str | Path, *, verify: bool = True) -> tuple[str, 
         UserError: Missing or malformed ``checkpoints.json``, no ``best`` entry, a duplicate epoch, a missing
             checkpoint file or one whose SHA-256 differs from the recorded one.
     """
-    from ._io import sha256_file
+    from ._io import read_json, sha256_file
 
     run_dir = Path(run_dir)
     index = run_dir / "checkpoints.json"
     if not index.is_file():
         raise UserError(f"no checkpoints.json in run directory {run_dir}; run the distill step for this run first")
-    try:
-        doc = json.loads(index.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{index} is not UTF-8 text (byte {exc.start}), so not a checkpoint index; re-run the "
-                        "distill step for this run") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{index} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run the distill step "
-                        "for this run") from None
+    doc = read_json(index, "checkpoint index", "re-run the distill step for this run")
     entries = doc.get("checkpoints") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{index} lists no checkpoints; re-run the distill step for this run")

@@ -11,23 +11,15 @@ file holds no timestamps or paths, so a repeated run on the same settings writes
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from ._io import read_parquet, write_text
+from ._io import read_json, read_parquet, write_text
 from .environment import summarise
 from .errors import UserError
 from .evolution import BEST_CHECKPOINT
-
-
-def _read_json(path: str | Path, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {what} {path}: {exc}; re-run the step that writes it") from None
 
 
 def _read_parquet(path: str | Path, what: str, columns: Sequence[str]) -> pd.DataFrame:
@@ -52,7 +44,7 @@ def _environment_lines(environments: Sequence[str | Path]) -> list[str]:
     """One line per distinct setting the training attempts used, with the runs that used it."""
     used: dict[str, list[str]] = {}
     for path in environments:
-        record = _read_json(path, "environment record")
+        record = read_json(path, "environment record", "re-run the training step that writes it")
         for attempt in record.get("attempts", []):
             runs = used.setdefault(summarise(attempt), [])
             if record["run_id"] not in runs:

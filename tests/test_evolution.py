@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,13 +153,17 @@ def test_best_checkpoint_is_analysed(evolved, work):
     assert doc["best"]["sha256"] == sha256_file(work / "runs" / RUN_ID / "best.safetensors")
 
 
+def _flip_last_byte(path: Path) -> None:
+    """Tamper with a file so that its SHA-256 no longer matches the recorded one."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_best_sha_mismatch_is_a_one_line_error(work, tmp_path):
     run_dir = tmp_path / "runs" / "softkd-s2"
     shutil.copytree(work / "runs" / RUN_ID, run_dir)
-    best = run_dir / "best.safetensors"
-    data = bytearray(best.read_bytes())
-    data[-1] ^= 0xFF
-    best.write_bytes(bytes(data))
+    _flip_last_byte(run_dir / "best.safetensors")
     proc, out, summary = evolution(tmp_path, run_dir, "softkd-s2")
     assert_one_line_error(proc, "best.safetensors (best checkpoint 1)", "SHA-256", "re-run the distill step")
     assert not out.exists() and not summary.exists()
@@ -170,10 +175,7 @@ def test_sha_mismatch_is_a_one_line_error_and_writes_nothing(work, tmp_path):
     doc = json.loads((run_dir / "checkpoints.json").read_text())
     doc["run_id"] = "softkd-s1"
     (run_dir / "checkpoints.json").write_text(json.dumps(doc))
-    tampered = run_dir / "checkpoints/epoch_0002.safetensors"
-    data = bytearray(tampered.read_bytes())
-    data[-1] ^= 0xFF
-    tampered.write_bytes(bytes(data))
+    _flip_last_byte(run_dir / "checkpoints/epoch_0002.safetensors")
     proc, out, summary = evolution(tmp_path, run_dir, "softkd-s1")
     assert_one_line_error(proc, "epoch_0002.safetensors", "SHA-256", "re-run the distill step for softkd-s1")
     assert not out.exists() and not summary.exists()
