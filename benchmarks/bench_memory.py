@@ -40,9 +40,10 @@ class _GeneratedImages:
 def measure(n_images: int, batch_size: int, chunk_images: int) -> dict:
     import torch
 
-    from pipeline_steps.activations import ActivationsFile, write_activations
-    from pipeline_steps.models import create_model, resolve_layers
-    from pipeline_steps.reduce import reduce_activations
+    from pipeline_steps.analysis.activations import ActivationsFile, write_activations
+    from pipeline_steps.models.build import create_model
+    from pipeline_steps.models.layers import resolve_layers
+    from pipeline_steps.analysis.reductions import reduce_activations
 
     torch.set_num_threads(2)
     model = create_model({"arch": "deit_tiny_patch16_224", "kwargs": {},

@@ -4,7 +4,7 @@ On the paper's CaiT-S24 activation shape [24, 32, 384, 14, 14] float32 (seeded n
 massive channels, as in real ViTs; see make_activations), times:
 
   (a) the reference entropy loop (one np.histogram per token vector; run once: 5-10 s, machine-dependent),
-  (b) pipeline_steps.metrics.channel_entropy,
+  (b) pipeline_steps.analysis.metrics.channel_entropy,
   (c) the reference loop + numpy FFT spectrum + numpy magnitude,
   (d) channel_entropy + channel_spectrum + activation_magnitude,
   (e) the streaming route: RangeAccumulator + MetricAccumulator over chunks of 8 images,
@@ -21,14 +21,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline_steps import _metrics_reference as ref
-from pipeline_steps.metrics import (MetricAccumulator, RangeAccumulator, activation_magnitude,
-                                    channel_entropy, channel_spectrum)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the oracle lives with the tests
+import metrics_oracle as ref  # noqa: E402
+from pipeline_steps.analysis.metrics import (
+    MetricAccumulator, RangeAccumulator, activation_magnitude, channel_entropy, channel_spectrum,
+)
 
 
 def make_activations(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Time of one training step per distillation method, relative to SoftKD, on the default preset's models.
 
-One step is what :func:`pipeline_steps.train.train` does per batch: the teacher's logits and paired
+One step is what :func:`pipeline_steps.training.loop.train` does per batch: the teacher's logits and paired
 features (from the cache, as the default preset runs, or live under ``no_grad``), the student's forward
 with its paired block outputs, the method's loss, backward, and the AdamW step. Models: params.yaml's
 teacher (ViT depth 12, width 128, patch 8 on 32x32) and student (depth 6, width 64), batch 128, random
@@ -24,9 +24,13 @@ import torch
 import yaml
 
 from pipeline_steps.config import validate_params
-from pipeline_steps.losses import build_method, parse_layer_pairs
-from pipeline_steps.models import create_model, num_blocks
-from pipeline_steps.train import Recipe, TeacherTargets, Trainee, build_optimizer, compute_teacher_cache
+from pipeline_steps.distillation.methods import build_method
+from pipeline_steps.distillation.layer_pairs import parse_layer_pairs
+from pipeline_steps.models.build import create_model
+from pipeline_steps.models.layers import num_blocks
+from pipeline_steps.training.recipe import Recipe, build_optimizer
+from pipeline_steps.training.teacher_targets import TeacherTargets, compute_teacher_cache
+from pipeline_steps.training.loop import Trainee
 
 #: (label, method, layers) timed; SoftKD first, the baseline.
 CASES = [

@@ -48,8 +48,8 @@ def child(steps: int) -> None:
     import torch.nn.functional as F
     import yaml
 
-    from pipeline_steps.models import create_model
-    from pipeline_steps.train import Recipe, build_optimizer
+    from pipeline_steps.models.build import create_model
+    from pipeline_steps.training.recipe import Recipe, build_optimizer
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -12,9 +12,9 @@ import argparse
 import importlib
 import sys
 
-from .errors import EXIT_RETRY, Interrupted, UserError
+from pipeline_steps.errors import EXIT_RETRY, Interrupted, UserError
 
-#: CLI name -> module (each module has ``add_arguments(parser)`` and ``main(args, params)``).
+#: CLI name -> module of :mod:`pipeline_steps.steps` (each has ``add_arguments(parser)`` and ``main(args, params)``).
 STEPS = {
     "generate-data": "generate_data",
     "sample": "sample",
@@ -24,7 +24,7 @@ STEPS = {
     "extract": "extract",
     "reduce": "reduce",
     "figures": "figures",
-    "table1": "tables",
+    "table1": "table1",
     "evolution": "evolution",
     "headline": "headline",
 }
@@ -35,7 +35,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     modules = {}
     for name, module_name in STEPS.items():
-        module = importlib.import_module(f".{module_name}", __package__)
+        module = importlib.import_module(f"pipeline_steps.steps.{module_name}")
         modules[name] = module
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         p.add_argument("--params", action="append", default=[], metavar="FILE",
@@ -47,7 +47,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import load_params
+    from pipeline_steps.config import load_params
 
     parser, modules = build_parser()
     args = parser.parse_args(argv)

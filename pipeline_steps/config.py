@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -17,7 +18,12 @@ from typing import Any, Iterable, Mapping
 import jsonschema
 import yaml
 
-from .errors import UserError
+from pipeline_steps.errors import UserError
+
+__all__ = ["FEATURE_METHODS", "METHOD_NAMES", "SCHEMA_PATH", "SYNTHETIC_PATH", "deep_merge", "distill_run",
+           "distill_runs", "DistillRun", "evolution_panels", "layers_text", "load_params", "load_schema",
+           "read_yaml", "recipe_augments", "format_run_id", "run_name", "select", "single_run_params", "student_spec",
+           "teacher_spec", "uses_teacher_cache", "validate_params"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
@@ -118,7 +124,7 @@ def uses_teacher_cache(params: Mapping) -> bool:
 
 
 #: Methods with a feature term (they need ``layers``); kept here so validating the config does not import
-#: torch. ``tests/test_config.py`` checks it against ``losses.METHODS``.
+#: torch. ``tests/test_config.py`` checks it against ``distillation.methods.METHODS``.
 FEATURE_METHODS = ("spectralkd", "projectorkd", "projectorkd_released")
 
 
@@ -133,16 +139,16 @@ class DistillRun:
     layers: str | dict | None
     alpha: float
     tau: float
-    beta: float
+    beta: float | None  # the feature term's weight; None for methods without one
     seed: int
     epochs: int
 
     def loss_options(self) -> dict[str, float]:
-        """Options for ``losses.build_method`` (label smoothing comes from the recipe)."""
+        """Options for ``distillation.methods.build_method`` (label smoothing comes from the recipe)."""
         options = {"alpha": self.alpha, "tau": self.tau}
         if self.method == "ce":
             return {}
-        if self.method in FEATURE_METHODS:
+        if self.beta is not None:
             options["beta"] = self.beta
         if self.method.startswith("projectorkd"):
             options["seed"] = self.seed
@@ -167,6 +173,18 @@ def _default_label(method: str, layers: str | dict | None) -> str:
     return METHOD_NAMES[method] if layers is None else f"{METHOD_NAMES[method]} {layers_text(layers)}"
 
 
+def format_run_id(name: str, seed: int) -> str:
+    """A grid run's id: its ``distill.runs`` entry name and seed, ``<name>-s<seed>``."""
+    return f"{name}-s{seed}"
+
+
+def run_name(run_id: str) -> str:
+    """The ``distill.runs`` entry name of a run id (:func:`format_run_id` read back): ``spectralkd_f1-s0`` ->
+    ``spectralkd_f1``."""
+    name, sep, seed = str(run_id).rpartition("-s")
+    return name if sep and seed.isdigit() else str(run_id)
+
+
 def distill_runs(params: Mapping) -> list[DistillRun]:
     """The distillation grid: every ``distill.runs`` entry once per ``distill.seeds`` seed, in that order.
 
@@ -187,15 +205,46 @@ def distill_runs(params: Mapping) -> list[DistillRun]:
         if method not in FEATURE_METHODS and layers is not None:
             raise UserError(f"distill.runs entry '{entry['name']}': method {method} has no feature term; "
                             "remove its layers")
-        beta = entry.get("beta")
+        beta = None if method not in FEATURE_METHODS else float(
+            distill["beta"] if entry.get("beta") is None else entry["beta"])
         for seed in distill["seeds"]:
             runs.append(DistillRun(
-                run_id=f"{entry['name']}-s{seed}", name=entry["name"],
+                run_id=format_run_id(entry["name"], seed), name=entry["name"],
                 label=entry.get("label") or _default_label(method, layers), method=method, layers=layers,
-                alpha=float(distill["alpha"]), tau=float(distill["tau"]),
-                beta=float(distill["beta"] if beta is None else beta), seed=int(seed),
+                alpha=float(distill["alpha"]), tau=float(distill["tau"]), beta=beta, seed=int(seed),
                 epochs=int(entry.get("epochs") or distill["train"]["epochs"])))
     return runs
+
+
+def single_run_params(params: Mapping, run: DistillRun, keys: Iterable[str]) -> dict:
+    """``select(params, keys)`` with the grid narrowed to ``run``: its own entry (beta resolved into it) and
+    seed only, so that adding, removing or changing another run of the grid leaves this run's params alone."""
+    selected = select(params, keys)
+    distill = selected["distill"]
+    entry = next(dict(e) for e in params["distill"]["runs"] if e["name"] == run.name)
+    if run.beta is not None:
+        entry["beta"] = run.beta
+    distill.pop("beta", None)  # resolved into the entry: a SoftKD run does not depend on it
+    distill["runs"], distill["seeds"] = [entry], [run.seed]
+    return selected
+
+
+def teacher_spec(params: Mapping, weights_path: str | os.PathLike | None) -> dict:
+    """The teacher's model spec; a teacher trained by this pipeline needs its ``weights_path``."""
+    spec = copy.deepcopy(params["teacher"]["model"])
+    if spec["weights"]["source"] == "train" and weights_path is None:
+        raise UserError("the teacher is trained by this pipeline (teacher.model.weights.source: train); pass "
+                        "--teacher-weights results/teacher/model.safetensors (run the train_teacher rule first)")
+    return spec
+
+
+def student_spec(params: Mapping, seed: int) -> dict:
+    """The student's model spec, randomly initialised with ``seed`` (students are trained from scratch)."""
+    spec = copy.deepcopy(params["student"]["model"])
+    if spec.get("weights", {}).get("source", "random") != "random":
+        raise UserError("student.model.weights.source must be random (students are trained from scratch here)")
+    spec["weights"] = {"source": "random", "seed": seed, "tag": None, "path": None}
+    return spec
 
 
 def evolution_panels(params: Mapping) -> dict[str, str]:
@@ -288,39 +337,6 @@ def load_params(paths: Iterable[str | Path] = (), json_overrides: Iterable[str] 
                             "e.g. '{\"sample\": {\"n_images\": 8}}'")
         params = deep_merge(params, override)
     return validate_params(params)
-
-
-#: The dataset params of steps that train or score models (DeiT's evaluation transform for imagefolder data).
-TRAINING_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolder", "dataset.eval_preprocess")
-#: The dataset params of steps that analyse activations (the paper's analysis preprocessing).
-ANALYSIS_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolder", "dataset.preprocess")
-
-#: The params each rule reads (dotted keys). Snakemake rules pass exactly these to their step (so
-#: its params rerun-trigger sees them) and every dvc.yaml stage lists the same keys; a test checks
-#: that the two agree.
-RULE_PARAMS: dict[str, tuple[str, ...]] = {
-    "generate_data": ("dataset.kind", "dataset.synthetic"),
-    "sample": ("dataset.kind", "dataset.imagefolder", "sample"),
-    "train_teacher": (*TRAINING_DATA_PARAMS, "teacher.model", "teacher.train"),
-    "extract": (*ANALYSIS_DATA_PARAMS, "teacher.model", "analysis.batch_size", "analysis.layers"),
-    "reduce": ("teacher.name", "analysis.bins", "analysis.range_policy", "analysis.chunk_images",
-               "analysis.shape_tolerance"),
-    "fig_entropy": ("teacher.name", "teacher.model", "figures.dpi", "figures.title"),
-    "fig_magnitude": ("teacher.name", "teacher.model", "figures.dpi", "figures.title"),
-    "fig_spectra": ("teacher.name", "teacher.model", "figures.dpi", "figures.title", "figures.spectra_layers",
-                    "figures.spectra_scale"),
-    "fig_spectra_all": ("teacher.name", "teacher.model", "figures.dpi", "figures.title", "figures.spectra_scale"),
-    "teacher_cache": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill.runs",
-                      "distill.train.device"),
-    "distill": (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill"),
-    "evolution": (*ANALYSIS_DATA_PARAMS, "analysis"),
-    "fig_evolution": ("teacher.model", "student.model", "figures.dpi", "figures.evolution_panels", "distill.runs",
-                      "distill.seeds"),
-    "table1": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
-    "fig_evolution_published": ("figures.dpi",),
-    "table1_published": (),
-    "headline": ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs"),
-}
 
 
 def select(params: Mapping, keys: Iterable[str]) -> dict:

@@ -193,8 +193,9 @@ def check_ok(*procs: subprocess.CompletedProcess) -> None:
 @pytest.fixture(scope="session")
 def kd(tmp_path_factory) -> KDWork:
     """The dataset (generated in-process) and a teacher trained on it (in-process, about a second)."""
-    from pipeline_steps import generate_data, train_teacher
     from pipeline_steps.config import load_params
+    from pipeline_steps.steps import generate_data, train_teacher
+    from pipeline_steps.training.recipe import Recipe
 
     work = KDWork(tmp_path_factory.mktemp("kd"))
     synthetic = KD_CONFIG["dataset"]["synthetic"]
@@ -202,5 +203,8 @@ def kd(tmp_path_factory) -> KDWork:
                       train_size=synthetic["train_size"], test_size=synthetic["test_size"], seed=synthetic["seed"],
                       progress=False)
     params = load_params([REPO / "configs" / "smoke.yaml"], [work.config()])
-    train_teacher.run(params, work.teacher.parent, synthetic_path=work.data, progress=False)
+    teacher = params["teacher"]
+    train_teacher.run(work.teacher.parent, spec=teacher["model"], recipe=Recipe.from_params(teacher["train"]),
+                      dataset=params["dataset"], name=teacher["name"], fingerprint="kd teacher",
+                      synthetic_path=work.data, progress=False)
     return work

@@ -1,25 +1,23 @@
-"""pipeline_steps.activations and the extract step: token layout, the streaming NPZ and its reader."""
+"""pipeline_steps.analysis.activations and the extract step: token layout, the streaming NPZ and its reader."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import types
 import zipfile
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline_steps.activations import (
+from pipeline_steps.analysis.activations import (
     FORMAT, TOKEN_POLICY, ActivationsFile, array_name, iter_activations, write_activations,
 )
 from pipeline_steps.errors import UserError
-from pipeline_steps.models import create_model, resolve_layers, weights_hash
+from pipeline_steps.models.build import create_model
+from pipeline_steps.models.layers import resolve_layers
+from pipeline_steps.models.weights import weights_hash
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2, num_classes=10)
 FAMILIES = {
@@ -162,61 +160,40 @@ def test_reader_refuses_missing_and_foreign_files(tmp_path):
         ActivationsFile(tmp_path / "other.npz")
 
 
-def _fake_data_module(images: torch.Tensor, labels: torch.Tensor) -> types.ModuleType:
-    """A stand-in for pipeline_steps.data with the names extract uses (that module is written separately)."""
-    mod = types.ModuleType("pipeline_steps.data")
+def test_extract_run_end_to_end_and_image_size_error(tmp_path):
+    """The extract step on a real generated dataset and sample manifest: images in manifest order, ids and
+    labels recorded in that order, the same activations as a direct forward pass."""
+    from pipeline_steps.data.datasets import SyntheticDataset
+    from pipeline_steps.data.manifest import manifest_hash, read_manifest, sample_manifest
+    from pipeline_steps.data.synthetic import write_synthetic
+    from pipeline_steps.steps import extract
 
-    class ManifestDataset(torch.utils.data.Dataset):
-        def __init__(self, dataset, manifest):
-            rows = manifest.sort_values("position")
-            self.dataset, self.indices = dataset, rows["index"].tolist()
-            self.ids, self.labels, self.classes = rows["id"].tolist(), rows["label"].tolist(), ["a", "b"]
-
-        def __len__(self):
-            return len(self.indices)
-
-        def __getitem__(self, i):
-            x, y = self.dataset[self.indices[i]]
-            return x, int(y)
-
-    mod.ManifestDataset = ManifestDataset
-    mod.open_dataset = lambda params, split, synthetic_path=None: TensorDataset(images, labels)
-    mod.manifest_hash = lambda df: "h" + str(len(df))
-
-    def read_manifest(path):  # the real one also checks every column this test's manifest leaves out
-        if not Path(path).is_file():
-            raise UserError(f"sample manifest not found: {path}; run the sample step first")
-        return pd.read_parquet(path)
-
-    mod.read_manifest = read_manifest
-    return mod
-
-
-def test_extract_run_end_to_end_and_image_size_error(tmp_path, monkeypatch):
-    from pipeline_steps import extract
-
-    images, labels = torch.randn(6, 3, 32, 32), torch.tensor([3, 1, 4, 1, 5, 9])
-    monkeypatch.setitem(sys.modules, "pipeline_steps.data", _fake_data_module(images, labels))
+    data = write_synthetic(tmp_path / "data.npz", num_classes=10, image_size=32, train_size=20, test_size=12,
+                           seed=0, progress=False)
+    test_set = SyntheticDataset(data, "test")
     manifest = tmp_path / "manifest.parquet"
-    pd.DataFrame({"position": [2, 0, 1], "index": [2, 5, 0], "id": ["i2", "i5", "i0"], "label": [4, 9, 3],
-                  "split": "test"}).to_parquet(manifest)
-    params = {"dataset": {"kind": "synthetic"}, "sample": {"split": "test"},
-              "analysis": {"batch_size": 2, "layers": [2, 0]},
+    sample_manifest(test_set, 3, "random", 5, "test", progress=False).to_parquet(manifest)
+    rows = read_manifest(manifest).sort_values("position")
+    params = {"dataset": {"kind": "synthetic"},
               "teacher": {"model": {"arch": "vit_tiny_patch16_224", "kwargs": dict(SMALL, depth=3),
                                     "weights": {"source": "random", "seed": 1}}}}
     out = tmp_path / "teacher.npz"
-    meta = extract.run(params, out, manifest_path=manifest)
+    spec, settings = params["teacher"]["model"], dict(dataset=params["dataset"], layers=[2, 0], batch_size=2)
+    meta = extract.run(spec, out, manifest_path=manifest, synthetic_path=data, **settings)
     f = ActivationsFile(out)
-    assert f.layer_indices == [0, 2] and meta["image_ids"] == ["i5", "i0", "i2"] and meta["labels"] == [9, 3, 4]
-    assert meta["manifest_hash"] == "h3" and meta["model"]["weights"]["seed"] == 1
+    assert f.layer_indices == [0, 2]
+    assert meta["image_ids"] == rows["id"].tolist() and meta["labels"] == rows["label"].tolist()
+    assert meta["manifest_hash"] == manifest_hash(read_manifest(manifest)) and meta["model"]["weights"]["seed"] == 1
     model = create_model(params["teacher"]["model"])
-    direct = next(iter_activations(model, [images[[5, 0, 2]]], [0, 2]))
+    images = torch.stack([test_set[i][0] for i in rows["index"]])
+    direct = next(iter_activations(model, [images], [0, 2]))
     np.testing.assert_array_equal(f.load(1), direct[1].numpy())
 
     params["teacher"]["model"]["kwargs"]["img_size"] = 64
     with pytest.raises(UserError, match="images are 32x32 but model 'vit_tiny_patch16_224' expects 64x64; "
                                         "set teacher.model.kwargs.img_size to 32"):
-        extract.run(params, tmp_path / "bad.npz", manifest_path=manifest)
+        extract.run(spec, tmp_path / "bad.npz", manifest_path=manifest, synthetic_path=data, **settings)
     with pytest.raises(UserError, match="sample manifest not found"):
-        extract.run(params, tmp_path / "bad.npz", manifest_path=tmp_path / "none.parquet")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.parquet", "teacher.npz"]
+        extract.run(spec, tmp_path / "bad.npz", manifest_path=tmp_path / "none.parquet", synthetic_path=data,
+                    **settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "manifest.parquet", "teacher.npz"]

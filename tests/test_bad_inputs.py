@@ -23,10 +23,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline_steps import extract, generate_data, teacher_cache
-from pipeline_steps._io import write_parquet
+from pipeline_steps.steps import extract
+from pipeline_steps.steps import generate_data
+from pipeline_steps.steps import teacher_cache
+from pipeline_steps.artifacts import write_parquet
 from pipeline_steps.config import load_params
-from pipeline_steps.data import ImageFolderDataset, SyntheticDataset, sample_manifest
+from pipeline_steps.data.datasets import ImageFolderDataset, SyntheticDataset
+from pipeline_steps.data.manifest import sample_manifest
 from pipeline_steps.errors import UserError
 
 from conftest import REPO, assert_one_line_error, check_ok, run_all
@@ -52,7 +55,8 @@ def work(tmp_path_factory) -> Path:
     manifest = sample_manifest(SyntheticDataset(root / "data.npz", "test"), 8, "random", 0, "test", progress=False)
     write_parquet(root / "manifest.parquet", manifest)
     params = load_params([], [CONFIG])
-    extract.run(params, root / "acts.npz", manifest_path=root / "manifest.parquet", synthetic_path=root / "data.npz")
+    extract.run(params["teacher"]["model"], root / "acts.npz", dataset=params["dataset"],
+                manifest_path=root / "manifest.parquet", synthetic_path=root / "data.npz")
     return root
 
 
@@ -61,6 +65,15 @@ def work(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 
 CACHE_ON = {"distill": {"teacher_cache": "on", "train": {"epochs": 1, "checkpoint_every": 0}}}
+
+
+def write_cache(params: dict, out: Path, teacher_weights: Path, data: Path) -> None:
+    """The teacher-cache step's work for the grid of ``params``."""
+    from pipeline_steps.config import distill_runs
+
+    teacher_cache.run(out, teacher=params["teacher"]["model"], student=params["student"]["model"],
+                      runs=distill_runs(params), dataset=params["dataset"], teacher_weights=teacher_weights,
+                      synthetic_path=data, progress=False)
 
 
 def test_teacher_cache_of_another_training_set_is_refused_and_the_matching_one_used(kd, tmp_path):
@@ -75,7 +88,7 @@ def test_teacher_cache_of_another_training_set_is_refused_and_the_matching_one_u
         if name != "same":
             generate_data.run(data, **{**synthetic, **changes}, progress=False)
         caches[name] = tmp_path / f"{name}.safetensors"
-        teacher_cache.run(params, caches[name], teacher_weights=kd.teacher, synthetic_path=data, progress=False)
+        write_cache(params, caches[name], kd.teacher, data)
 
     same, other_seed, smaller, larger = run_all(
         *(kd.distill("softkd-s0", tmp_path / f"run_{name}", CACHE_ON, teacher_cache=cache)
@@ -94,13 +107,13 @@ def test_teacher_cache_of_another_training_set_is_refused_and_the_matching_one_u
 def test_teacher_cache_of_another_teacher_or_an_older_version_is_refused(kd, tmp_path):
     from safetensors.torch import load_file
 
-    from pipeline_steps._io import write_safetensors
-    from pipeline_steps.distill import read_cache
-    from pipeline_steps.models import create_model
+    from pipeline_steps.artifacts import write_safetensors
+    from pipeline_steps.training.teacher_targets import read_teacher_cache as read_cache
+    from pipeline_steps.models.build import create_model
 
     params = load_params([REPO / "configs" / "smoke.yaml"], [kd.config()])
     cache = tmp_path / "cache.safetensors"
-    teacher_cache.run(params, cache, teacher_weights=kd.teacher, synthetic_path=kd.data, progress=False)
+    write_cache(params, cache, kd.teacher, kd.data)
     train_set = SyntheticDataset(kd.data, "train")
     spec = params["teacher"]["model"]
     trained = create_model(spec, weights_path=kd.teacher)
@@ -218,14 +231,14 @@ class _Shell:
 
 
 def test_malicious_pickle_is_refused_with_the_projects_advice_and_never_run(work, tmp_path):
-    from pipeline_steps.models import create_model
+    from pipeline_steps.models.build import create_model
 
     marker = tmp_path / "payload_ran"
     evil = tmp_path / "evil.pth"
     torch.save({"model": create_model(TINY).state_dict(), "extra": _Shell(marker)}, evil)
     out = tmp_path / "acts.npz"
     (proc,) = run_all(step("extract", "--manifest", str(work / "manifest.parquet"), "--data", str(work / "data.npz"),
-                           "--weights", str(evil), "--out", str(out)))
+                           "--model-weights", str(evil), "--out", str(out)))
     assert_one_line_error(proc, f"weight file {evil} holds pickled Python objects", "system",
                           "convert it to .safetensors")
     assert "weights_only=False" not in proc.stderr and "weights_only` set to `False" not in proc.stderr

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pipeline_steps.models import create_model, save_weights
+from pipeline_steps.models.build import create_model
+from pipeline_steps.models.weights import save_weights
 
 from conftest import assert_error_after_progress, assert_one_line_error, run_step
 
@@ -32,7 +33,7 @@ def _extract(work, teacher: dict, analysis: dict | None = None, weights: str | N
     args = ["extract", "--config-json", cfg, "--manifest", str(work / "manifest.parquet"),
             "--data", str(work / "data.npz"), "--out", str(out)]
     if weights:
-        args += ["--weights", weights]
+        args += ["--model-weights", weights]
     return run_step(*args), out
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 import yaml
 
-from pipeline_steps.config import RULE_PARAMS, deep_merge, load_params, select, validate_params
+from pipeline_steps.config import deep_merge, load_params, select, validate_params
+from pipeline_steps.dependencies import RULE_PARAMS
 from pipeline_steps.errors import UserError
 
 from conftest import REPO, assert_one_line_error, run_step
@@ -71,13 +72,9 @@ def test_select_and_merge():
     assert merged == {"a": {"b": 1, "c": [2]}}
 
 
-def test_rule_params_match_dvc_stages():
-    """Every DVC stage tracks exactly the params its Snakemake rule passes to its step."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == set(RULE_PARAMS)
-    for name, stage in stages.items():
-        assert sorted(stage.get("params", [])) == sorted(RULE_PARAMS[name]), name  # none: the stage reads none
-    # And each selected key exists in a validated config (no typos in RULE_PARAMS).
+def test_rule_params_name_keys_of_a_validated_config():
+    """No typo in the dependency table: every key a rule reads exists in a validated config (dvc.yaml's
+    agreement with the table: tests/test_dependencies.py)."""
     params = validate_params({})
     for keys in RULE_PARAMS.values():
         json.dumps(select(params, keys))
@@ -98,7 +95,7 @@ def test_presets_spell_out_every_tracked_param(path):
 
 def test_feature_methods_match_the_registry():
     from pipeline_steps.config import FEATURE_METHODS
-    from pipeline_steps.losses import METHODS
+    from pipeline_steps.distillation.methods import METHODS
 
     assert set(FEATURE_METHODS) == {name for name, cls in METHODS.items() if cls.uses_features}
 
@@ -116,6 +113,31 @@ def test_distill_grid_expands_runs_times_seeds():
     assert [r.epochs for r in runs] == [7, 7, 9, 9]
     assert runs[2].loss_options() == {"alpha": 0.9, "tau": 1.0, "beta": 0.1}
     assert runs[0].loss_options() == {"alpha": 0.9, "tau": 1.0}
+
+
+def test_one_resolution_of_beta_and_run_ids():
+    """beta is resolved once, in the grid (an entry's own, else distill.beta; none for a method without a
+    feature term), and the single-run params a distill job sees carry that value; run ids are formatted and
+    read back by one pair of functions."""
+    from pipeline_steps.config import distill_runs, format_run_id, run_name, single_run_params
+
+    params = validate_params({"distill": {"seeds": [0, 1], "beta": 0.3, "runs": [
+        {"name": "soft", "method": "softkd"},
+        {"name": "sp_f1", "method": "spectralkd", "layers": "F1"},
+        {"name": "sp_l1", "method": "spectralkd", "layers": "L1", "beta": 0.1},
+    ]}})
+    runs = {r.run_id: r for r in distill_runs(params)}
+    assert [runs[i].beta for i in ("soft-s0", "sp_f1-s1", "sp_l1-s0")] == [None, 0.3, 0.1]
+    assert all(run_name(i) == r.name and format_run_id(r.name, r.seed) == i for i, r in runs.items())
+    one = single_run_params(params, runs["sp_f1-s1"], RULE_PARAMS["distill"])
+    assert one["distill"]["runs"] == [{"name": "sp_f1", "method": "spectralkd", "layers": "F1", "label": None,
+                                       "beta": 0.3, "epochs": None}]
+    assert one["distill"]["seeds"] == [1] and "beta" not in one["distill"]
+    soft = single_run_params(params, runs["soft-s1"], RULE_PARAMS["distill"])
+    # The validated entry has the schema's defaults (beta null): changing distill.beta does not touch SoftKD.
+    assert soft["distill"]["runs"] == [{"name": "soft", "method": "softkd", "layers": None, "label": None,
+                                        "beta": None, "epochs": None}]
+    assert [r.run_id for r in distill_runs(validate_params(one))] == ["sp_f1-s1"]
 
 
 @pytest.mark.parametrize("runs, message", [

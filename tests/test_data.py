@@ -14,13 +14,16 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS as TV_IMG_EXTENSIONS
 
-from pipeline_steps import sample
-from pipeline_steps._io import sha256_file
+from pipeline_steps.steps import sample
+from pipeline_steps.artifacts import sha256_file
 from pipeline_steps.config import validate_params
-from pipeline_steps.data import (CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, MANIFEST_COLUMNS,
-                                 ImageFolderDataset, ManifestDataset, SyntheticDataset, _draw_params, _render,
-                                 generate_synthetic, load_synthetic, manifest_hash, open_dataset, sample_manifest,
-                                 write_synthetic)
+from pipeline_steps.data.synthetic import (
+    CLASS_NAMES, _draw_params, _render, generate_synthetic, load_synthetic, write_synthetic,
+)
+from pipeline_steps.data.datasets import (
+    IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageFolderDataset, SyntheticDataset, open_dataset,
+)
+from pipeline_steps.data.manifest import MANIFEST_COLUMNS, ManifestDataset, manifest_hash, sample_manifest
 from pipeline_steps.errors import UserError
 
 from conftest import REPO, assert_one_line_error, run_step
@@ -198,7 +201,8 @@ def test_paper_preset_analysis_and_evaluation_transforms(tmp_path):
     from torchvision import transforms as T
 
     from pipeline_steps.config import load_params
-    from pipeline_steps.train import Recipe, training_view
+    from pipeline_steps.training.recipe import Recipe
+    from pipeline_steps.training.augment import training_view
 
     root = _write_photo_like_tree(tmp_path / "imagenet")
     params = load_params([REPO / "configs" / "paper.yaml"])

@@ -10,9 +10,11 @@ import pytest
 import safetensors
 import torch
 
-from pipeline_steps.losses import build_method, parse_layer_pairs
-from pipeline_steps.models import create_model
-from pipeline_steps.train import Recipe, Trainee, build_optimizer
+from pipeline_steps.distillation.methods import build_method
+from pipeline_steps.distillation.layer_pairs import parse_layer_pairs
+from pipeline_steps.models.build import create_model
+from pipeline_steps.training.recipe import Recipe, build_optimizer
+from pipeline_steps.training.loop import Trainee
 
 from conftest import KD_STUDENT, KD_TEACHER, assert_one_line_error, check_ok, run_all
 

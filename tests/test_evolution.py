@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_steps import generate_data, sample
-from pipeline_steps._io import sha256_file
-from pipeline_steps.data import open_dataset
+from pipeline_steps.steps import generate_data
+from pipeline_steps.steps import sample
+from pipeline_steps.artifacts import sha256_file
+from pipeline_steps.data.datasets import open_dataset
 from pipeline_steps.errors import UserError
-from pipeline_steps.evolution import read_checkpoints
-from pipeline_steps.metrics import profile_shape
-from pipeline_steps.models import create_model, save_weights
+from pipeline_steps.analysis.checkpoints import read_checkpoints
+from pipeline_steps.analysis.shapes import profile_shape
+from pipeline_steps.models.build import create_model
+from pipeline_steps.models.weights import save_weights
 
 from conftest import assert_one_line_error, run_step
 
@@ -209,7 +211,7 @@ def _seeded_copy(values: pd.DataFrame, run_id: str, shift: float) -> pd.DataFram
 
 def test_fig4_panels_per_configuration_in_label_order(evolved, work, tmp_path):
     """Through the CLI: two configurations (one with two seeds), the teacher line, PDF + PNG."""
-    from pipeline_steps import plots
+    from pipeline_steps.reporting import plots
 
     values, _ = evolved
     tables = []
@@ -288,7 +290,7 @@ def test_published_entropy_table_in_the_evolution_format():
     import csv
 
     from conftest import REPO
-    from pipeline_steps.evolution import read_published, read_published_entropy
+    from pipeline_steps.analysis.published import read_published, read_published_entropy
 
     path = REPO / "reference/entropy/SoftKD.csv"
     with path.open() as f:
@@ -320,8 +322,9 @@ def test_published_entropy_table_in_the_evolution_format():
 
 def test_published_fig4_through_the_cli_with_the_same_function(tmp_path):
     from conftest import REPO
-    from pipeline_steps import figures, plots
-    from pipeline_steps.evolution import read_published
+    from pipeline_steps.steps import figures
+    from pipeline_steps.reporting import plots
+    from pipeline_steps.analysis.published import read_published
 
     out = tmp_path / "paper_fig4_published.pdf"
     proc = run_step("figures", "--config-json", json.dumps({"figures": {"dpi": 50}}), "--figure",

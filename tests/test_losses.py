@@ -1,4 +1,4 @@
-"""Tests for pipeline_steps.losses: golden values, identities, registry and layer-pair parsing."""
+"""Tests for pipeline_steps.distillation.methods: golden values, identities, registry and layer-pair parsing."""
 
 from __future__ import annotations
 
@@ -11,20 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline_steps.errors import UserError
-from pipeline_steps.losses import (
-    AUTHORS_LOG_NAMES,
-    METHODS,
-    DistillMethod,
-    build_method,
-    format_layer_pairs,
-    kd_kl_loss,
-    order_features,
-    parse_layer_pairs,
-    pool_channels,
-    register_method,
+from pipeline_steps.distillation.methods import (
+    AUTHORS_LOG_NAMES, METHODS, DistillMethod, build_method, kd_kl_loss, pool_channels, register_method,
     spectral_pair_loss,
 )
-from pipeline_steps.train import Recipe, Trainee, build_optimizer
+from pipeline_steps.distillation.layer_pairs import format_layer_pairs, parse_layer_pairs
+from pipeline_steps.models.layers import order_features
+from pipeline_steps.training.recipe import Recipe, build_optimizer
+from pipeline_steps.training.loop import Trainee
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "loss_golden.json").read_text())["cases"]
 PARTS = ("loss", "loss_base", "loss_dist", "loss_feat")

@@ -1,4 +1,4 @@
-"""pipeline_steps.metrics: hand-computed values, and cross-checks against the literal reference loops."""
+"""pipeline_steps.analysis.metrics: hand-computed values, and cross-checks against the literal reference loops."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_steps import _metrics_reference as ref
-from pipeline_steps import metrics
+import metrics_oracle as ref
+from pipeline_steps.analysis import metrics, shapes
 from pipeline_steps.errors import UserError
-from pipeline_steps.metrics import (MetricAccumulator, RangeAccumulator, activation_magnitude,
-                                    channel_entropy, channel_spectrum, profile_shape, profile_summary)
+from pipeline_steps.analysis.metrics import (
+    MetricAccumulator, RangeAccumulator, activation_magnitude, channel_entropy, channel_spectrum,
+)
+from pipeline_steps.analysis.shapes import profile_shape, profile_summary
 
 SHAPE = (3, 2, 16, 4, 4)  # [L, B, C, H, W]: small enough for the per-vector reference loop
 
@@ -470,7 +472,7 @@ def test_profile_shape_matches_the_pairwise_definition_on_random_profiles():
         expected = _shape_by_pairs(v, TOL)
         assert profile_shape(v, tol=TOL) == expected, v
         seen.add(expected)
-    assert seen == set(metrics.SHAPES)
+    assert seen == set(shapes.SHAPES)
 
 
 def test_profile_summary_log2_scale_reads_ratios():

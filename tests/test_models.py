@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pipeline_steps.errors import UserError
-from pipeline_steps.models import (
-    _pretrained_name, check_input_size, create_model, layer_names, load_checkpoint_spec, load_weights,
-    num_blocks, read_weights_metadata, resolve_layers, save_weights, weights_hash,
+from pipeline_steps.models.build import _pretrained_name, create_model
+from pipeline_steps.models.layers import check_input_size, layer_names, num_blocks, resolve_layers
+from pipeline_steps.models.weights import (
+    load_checkpoint_spec, load_weights, read_weights_metadata, save_weights, weights_hash,
 )
 
 VIT_KW = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10)
@@ -211,7 +212,7 @@ def test_saved_weights_are_byte_identical_across_processes(tmp_path):
     import sys
 
     code = ("import sys, torch, timm\n"
-            "from pipeline_steps.models import save_weights\n"
+            "from pipeline_steps.models.weights import save_weights\n"
             "torch.manual_seed(0)\n"
             "m = timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=8, embed_dim=32, depth=2,"
             " num_heads=2, num_classes=3)\n"

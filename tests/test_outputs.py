@@ -13,11 +13,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from pipeline_steps._io import atomic_outputs, atomic_path, remove_stale_temporaries
+from pipeline_steps.artifacts import atomic_outputs, atomic_path, remove_stale_temporaries
 from pipeline_steps.errors import UserError
 
 from conftest import REPO, assert_error_after_progress, assert_one_line_error, run_step

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_steps import figures, plots
+from pipeline_steps.steps import figures
+from pipeline_steps.reporting import plots
 from pipeline_steps.errors import UserError
 
 FIGURE_PARAMS = {"spectra_layers": "auto", "dpi": 60, "title": None}
@@ -99,7 +100,7 @@ def test_spectra_scale_log_shared_or_linear_per_layer():
     ({"arch": "deit_tiny_patch16_224", "kwargs": {"drop_path_rate": 0.0}}, "DeiT, 12 blocks, width 192, patch 16"),
 ])
 def test_describe_model_names_the_model_as_configured(spec, expected):
-    from pipeline_steps.models import describe_model
+    from pipeline_steps.models.build import describe_model
 
     assert describe_model(spec) == expected
 

@@ -1,7 +1,7 @@
 """Shape readings of the authors' published entropy profiles (reference/entropy/), as README tabulates them.
 
 The README table "Shape readings of profiles" puts the paper's words (Section 5) beside the reading of
-:func:`pipeline_steps.metrics.profile_summary` at the default tolerance. This test recomputes every row
+:func:`pipeline_steps.analysis.shapes.profile_summary` at the default tolerance. This test recomputes every row
 from the vendored CSVs, so the table cannot drift from the code or the data.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pipeline_steps.config import load_schema
-from pipeline_steps.metrics import profile_shape, profile_summary
+from pipeline_steps.analysis.shapes import profile_shape, profile_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTROPY = ROOT / "reference" / "entropy"

@@ -21,9 +21,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from pipeline_steps._io import sha256_file
+from pipeline_steps.artifacts import sha256_file
 from pipeline_steps.errors import EXIT_RETRY
-from pipeline_steps.models import read_weights_metadata
+from pipeline_steps.models.weights import read_weights_metadata
 
 from conftest import check_ok, finish, kd_env, run_all, start
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tool_env
+from conftest import tool_env
 from test_ddp import assert_ddp_matches_single
 from test_slurm_cluster import _run, slurm_cluster, squeue_state  # noqa: F401  (slurm_cluster is a fixture)
 from test_slurm_workflow import CI_ARGS, PROFILE, Run, ci_env, rule_of, run_uuid, sacct_jobs, sha256, start

@@ -1,6 +1,6 @@
 """The workflow on the local SLURM cluster, through the user's profile (workflow/profiles/slurm).
 
-Every run here is ``snakemake --profile workflow/profiles/slurm`` plus only what differs on the local
+Every run here is ``snakemake --profile slurm`` (or the profile's path) plus only what differs on the local
 test cluster (:data:`CI_ENV`, :data:`CI_ARGS`), so the tested path is the one a user runs. Checked:
 
 - the smoke preset's analysis targets, built by SLURM jobs only (``sacct``: one record per submitted
@@ -141,7 +141,8 @@ def runs(slurm_cluster, tmp_path_factory, request):  # noqa: F811
     never = tmp_path_factory.mktemp("always_fails")
     (never / "Snakefile").write_text(ALWAYS_FAILS)
     started = {
-        "cluster": start("cluster", cluster, [*TARGETS, "--profile", PROFILE, *CI_ARGS,
+        # The user's words, from the repository root: `snakemake --profile slurm` (the others: the profile's path).
+        "cluster": start("cluster", cluster, [*TARGETS, "--profile", "slurm", *CI_ARGS,
                                               "--configfile", "configs/smoke.yaml"], env),
         "local": start("local", local, [*TARGETS, "--cores", "2", "--configfile", "configs/smoke.yaml"], {}),
         "fail_once": start("fail_once", once, [*profile, *CI_ARGS], env),

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_steps import tables
+from pipeline_steps.reporting import tables
 from pipeline_steps.errors import UserError
-from pipeline_steps.tables import RunSpec
+from pipeline_steps.reporting.tables import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "reference" / "logs"

@@ -10,7 +10,8 @@ import timm
 import torch
 from torch.utils.data import TensorDataset
 
-from pipeline_steps.train import Recipe, build_optimizer, build_scheduler, train
+from pipeline_steps.training.recipe import Recipe, build_optimizer, build_scheduler
+from pipeline_steps.training.loop import train
 
 from conftest import REPO
 

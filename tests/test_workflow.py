@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -67,7 +68,10 @@ def scratch_copy(dst: Path, preset: str | None = "configs/smoke.yaml", src: Path
     """Copy the project files of ``src`` (:func:`project_files`) into a new git repo."""
     for rel in project_files(src):
         src_file = src / rel
-        if src_file.is_file():
+        if src_file.is_symlink():  # the `slurm` profile link in the repository root
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel).symlink_to(src_file.readlink())
+        elif src_file.is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src_file, dst / rel)
     if preset:
@@ -110,7 +114,7 @@ def test_snakemake_dry_run_plans_every_preset(planning_copy):
 def test_a_used_clone_is_planned_from_scratch(planning_copy, tmp_path):
     """A clone where the pipeline has run (results/, .snakemake/, dvc.lock present) gives scratch copies
     without them: the test suite plans and builds the same in a used clone as in a fresh one."""
-    used = shutil.copytree(planning_copy, tmp_path / "used", ignore=shutil.ignore_patterns(".git"))
+    used = shutil.copytree(planning_copy, tmp_path / "used", symlinks=True, ignore=shutil.ignore_patterns(".git"))
     sh(["git", "init", "-q"], used)
     sh(["git", "add", "-A"], used)
     sh(["git", "commit", "-qm", "clone"], used)
@@ -138,6 +142,22 @@ def test_paper_preset_plans_table1_grid_without_mixing_in_the_default(planning_c
     assert config["teacher"]["model"] == {"arch": "cait_s24_224", "kwargs": {}, "weights": {
         "source": "timm", "tag": "cait_s24_224.fb_dist_in1k", "path": None, "seed": 0}}
     assert config["student"]["model"]["kwargs"] == {"drop_path_rate": 0.0}
+
+
+def test_the_slurm_profile_by_its_short_name_and_by_its_path(planning_copy):
+    """`snakemake --profile slurm`, as a user types it in the repository root (the `slurm` link there), and
+    `--profile workflow/profiles/slurm` plan the default grid through the SLURM executor with the cluster
+    profile's limits: the local default profile, which Snakemake applies on top, must not override them."""
+    probe = ("from snakemake.cli import parse_args; import sys; _, a = parse_args(sys.argv[1:]); "
+             "print(a.executor, a.jobs, a.cores, a.local_cores)")
+    for profile in ("slurm", "workflow/profiles/slurm"):
+        proc = sh(["snakemake", "--profile", profile, "-n"], planning_copy)
+        out = proc.stdout + proc.stderr
+        assert f"Using profiles {profile} and workflow specific profile workflow/profiles/default" in out, out[:2000]
+        assert int(re.search(r"^total\s+(\d+)", proc.stdout, re.M).group(1)) == PLANNED_JOBS[None]
+        assert "slurm_partition=" in out  # the cluster profile's default-resources on every job
+        settings = sh([sys.executable, "-c", probe, "--profile", profile, "-n"], planning_copy).stdout.split()
+        assert settings == ["slurm", "50", "256", "2"], settings
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +238,7 @@ def test_headline_is_written_from_the_artifacts_and_a_repeated_run_reproduces_it
     every run's final entropy shape, and a second smoke run in another copy writes the same bytes."""
     import torch
 
-    from pipeline_steps.tables import read_run_log, read_table1, run_summary
+    from pipeline_steps.reporting.tables import read_run_log, read_table1, run_summary
 
     text = (snakemake_run / "results/headline.md").read_text()
     teacher = run_summary(read_run_log(snakemake_run / "results/teacher/log.txt"))
@@ -323,3 +343,68 @@ def test_dvc_metrics_and_an_experiment(dvc_repo):
     assert (work / "results/runs/softkd-s0/model.safetensors").read_bytes() == softkd
     table = sh(["dvc", "exp", "show", "--csv"], work).stdout
     assert "distill.beta" in table and "0.1" in table, table
+
+
+#: The smoke run's artifacts whose bytes do not depend on training arithmetic (the generated data, the sample,
+#: the authors' published data drawn and tabulated by our code): compared on any machine.
+MACHINE_INDEPENDENT = ("data/synthetic.npz", "samples/manifest.parquet", "figures/paper_fig4_published.pdf",
+                       "figures/paper_fig4_published.png", "tables/table1_published.csv",
+                       "tables/table1_published.md", "tables/table1_published.tex", "tables/table1_published.json")
+
+
+def artifact_hashes(results: Path) -> dict[str, str]:
+    """sha256 of every file under ``results`` but logs and resume states, PDFs without their creation date."""
+    import hashlib
+
+    hashes = {}
+    for path in sorted(results.rglob("*")):
+        rel = path.relative_to(results).as_posix()
+        if not path.is_file() or rel.startswith("logs/") or "/resume/" in rel:
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".pdf":
+            data = re.sub(rb"/CreationDate \(D:[^)]*\)", b"", data)
+        hashes[rel] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def test_a_smoke_run_writes_the_recorded_bytes(snakemake_run):
+    """Behaviour kept through refactors: a smoke run gives the bytes recorded in tests/data/smoke_artifacts.json.
+
+    Training is bit-reproducible only on the same library versions, CPU vector ISA and thread counts
+    (BENCHMARKS.md, "CPU determinism"), which every run records in its environment.json. Where those records
+    match the recorded ones, every artifact is compared; elsewhere only :data:`MACHINE_INDEPENDENT`.
+    """
+    recorded = json.loads((REPO / "tests/data/smoke_artifacts.json").read_text())["artifacts"]
+    actual = artifact_hashes(snakemake_run / "results")
+    assert sorted(actual) == sorted(recorded)
+    same_machine = all(actual[rel] == recorded[rel] for rel in recorded if rel.endswith("environment.json"))
+    compared = sorted(recorded) if same_machine else MACHINE_INDEPENDENT
+    differ = [rel for rel in compared if actual[rel] != recorded[rel]]
+    assert not differ, f"{len(differ)} of {len(compared)} artifacts changed: {differ}"
+
+
+def test_a_code_edit_reruns_exactly_the_steps_that_run_that_code(dvc_repo):
+    """Editing a function of the loss module makes `dvc status` list the stages whose step imports it (the
+    teacher, its cache, the students) and `snakemake -n` plan them, and leaves data generation and sampling
+    alone (pipeline_steps.dependencies)."""
+    from pipeline_steps.dependencies import RULES, step_code
+
+    work, _ = dvc_repo
+    sh(["dvc", "repro"], work)
+    loss_module = work / "pipeline_steps/distillation/methods.py"
+    original = loss_module.read_text()
+    edited = original.replace("def kd_kl_loss(", "def kd_kl_loss(  # edited\n    ", 1)
+    assert edited != original
+    loss_module.write_text(edited)
+    try:
+        status = sh(["dvc", "status"], work).stdout
+        changed = set(re.findall(r"^(\w+):\s*$", status, re.M))
+        planned = set(re.findall(r"^(\w+)\s+\d+\s*$", sh(["snakemake", "-n"], work).stdout, re.M)) - {"total"}
+    finally:
+        loss_module.write_text(original)
+    importers = {rule for rule in RULES if "pipeline_steps/distillation/methods.py" in step_code(rule)}
+    assert {"train_teacher", "teacher_cache", "distill"} <= importers
+    assert changed == importers, status
+    assert {"train_teacher", "teacher_cache", "distill"} <= planned, planned
+    assert not {"generate_data", "sample"} & (changed | planned)

@@ -1,9 +1,9 @@
-"""Regenerate ``tests/data/loss_golden.json``: golden values for ``pipeline_steps.losses``.
+"""Regenerate ``tests/data/loss_golden.json``: golden values for ``pipeline_steps.distillation.methods``.
 
 The expected numbers come from a deliberately plain, independent implementation: float64 numpy with
 explicit loops (the DFT is written out as a double sum, not ``np.fft``; channel pooling, batch norm, the
 KL and the label-smoothed cross-entropy likewise), following docs/method.md section 5 and NOT importing
-``pipeline_steps.losses`` or torch. Inputs are drawn from a seeded numpy generator and rounded to float32,
+``pipeline_steps.distillation.methods`` or torch. Inputs are drawn from a seeded numpy generator and rounded to float32,
 so the torch implementation sees exactly the values the reference used.
 
 Run from the repository root:  ``.venv/bin/python tests/data/make_loss_golden.py``
@@ -248,7 +248,8 @@ def main() -> None:
                       "expected": {"loss": base + dist + feat, "loss_base": base, "loss_dist": dist,
                                    "loss_feat": feat}})
 
-    doc = {"about": "Golden values for pipeline_steps.losses (float64 numpy reference with explicit loops); "
+    doc = {"about": "Golden values for pipeline_steps.distillation.methods (float64 numpy reference with explicit "
+                     "loops); "
                     "regenerate with tests/data/make_loss_golden.py. Feature maps are [B, C, H, W]; 'state' "
                     "overrides the named parameters of the built method before the forward.",
            "cases": tolist(cases)}

@@ -5,12 +5,14 @@ rule extract:
         manifest=MANIFEST,
         data=synthetic_data,
         weights=trained_teacher_weights,
+        code=step_code("extract"),
     output:
         ACTIVATIONS,
     params:
+        code=code_digest("extract"),
         cfg=rule_config("extract"),
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
-        weights=lambda w, input: f"--weights {input.weights[0]}" if input.weights else "",
+        weights=lambda w, input: f"--model-weights {input.weights[0]}" if input.weights else "",
     log:
         "results/logs/extract.log",
     shell:
@@ -23,15 +25,17 @@ rule reduce:
         "Reducing activations to entropy / spectrum / magnitude ({config[analysis][bins]} bins, "
         "{config[analysis][range_policy]} range)"
     input:
-        ACTIVATIONS,
+        activations=ACTIVATIONS,
+        code=step_code("reduce"),
     output:
         values=REDUCTIONS,
         summary=SUMMARY,
     params:
+        code=code_digest("reduce"),
         cfg=rule_config("reduce"),
         label=TEACHER["name"],
     log:
         "results/logs/reduce.log",
     shell:
-        "{STEP} reduce --config-json {params.cfg:q} --activations {input:q} --model-label {params.label:q} "
+        "{STEP} reduce --config-json {params.cfg:q} --activations {input.activations:q} --model-label {params.label:q} "
         "--out {output.values:q} --summary {output.summary:q} > {log:q} 2>&1"

@@ -4,10 +4,11 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline_steps.config import (FEATURE_METHODS, RULE_PARAMS, SYNTHETIC_PATH, distill_runs, evolution_panels,
-                                    select, uses_teacher_cache, validate_params)
-from pipeline_steps.evolution import PUBLISHED_ENTROPY
-from pipeline_steps.tables import PUBLISHED_TABLE1_LOGS
+from pipeline_steps.config import (SYNTHETIC_PATH, distill_runs, evolution_panels, select, single_run_params,
+                                   uses_teacher_cache, validate_params)
+from pipeline_steps.dependencies import RULE_PARAMS, RULES, code_digest, step_code
+from pipeline_steps.analysis.published import PUBLISHED_ENTROPY
+from pipeline_steps.reporting.tables import PUBLISHED_TABLE1_LOGS
 from pipeline_steps.errors import UserError
 
 try:
@@ -73,17 +74,8 @@ PUBLISHED_OUTPUTS = [f"{FIG4_PUBLISHED}.{ext}" for ext in ("pdf", "png")] + [
 
 
 def run_config(wildcards):
-    """The distill rule's config for one run: its own grid entry and seed only, so that adding, removing or
-    changing another run of the grid leaves this job's params (and so its result) alone."""
-    run = RUNS[wildcards.run]
-    cfg = select(config, RULE_PARAMS["distill"])
-    entry = next(dict(e) for e in config["distill"]["runs"] if e["name"] == run.name)
-    beta = cfg["distill"].pop("beta")  # resolved into the entry: SoftKD runs do not depend on it
-    if entry["method"] in FEATURE_METHODS and entry.get("beta") is None:
-        entry["beta"] = beta
-    cfg["distill"]["runs"] = [entry]
-    cfg["distill"]["seeds"] = [run.seed]
-    return json.dumps(cfg, sort_keys=True)
+    """The distill rule's config for one run: its own grid entry and seed only (single_run_params)."""
+    return json.dumps(single_run_params(config, RUNS[wildcards.run], RULE_PARAMS["distill"]), sort_keys=True)
 
 
 def teacher_cache_config():

@@ -2,9 +2,12 @@ rule generate_data:
     message:
         "Generating the synthetic dataset ({config[dataset][synthetic][train_size]} train / "
         "{config[dataset][synthetic][test_size]} test images)"
+    input:
+        code=step_code("generate_data"),
     output:
         DATA,
     params:
+        code=code_digest("generate_data"),
         cfg=rule_config("generate_data"),
     log:
         "results/logs/generate_data.log",
@@ -16,12 +19,14 @@ rule sample:
     message:
         "Sampling {config[sample][n_images]} analysis images ({config[sample][strategy]})"
     input:
-        synthetic_data,
+        data=synthetic_data,
+        code=step_code("sample"),
     output:
         MANIFEST,
     params:
+        code=code_digest("sample"),
         cfg=rule_config("sample"),
-        data=lambda w, input: f"--data {input[0]}" if input else "",
+        data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
     log:
         "results/logs/sample.log",
     shell:

@@ -7,15 +7,17 @@ for _figure, _stem in FIGURES.items():
         message:
             f"Drawing {_stem}"
         input:
-            REDUCTIONS,
+            reductions=REDUCTIONS,
+            code=step_code(f"fig_{_figure}"),
         output:
             pdf=f"{_stem}.pdf",
             png=report(f"{_stem}.png", caption=f"../report/fig_{_figure}.rst", category="Teacher analysis"),
         params:
+            code=code_digest(f"fig_{_figure}"),
             cfg=rule_config(f"fig_{_figure}"),
             figure=_figure,
         log:
             f"results/logs/fig_{_figure}.log",
         shell:
             "{STEP} figures --config-json {params.cfg:q} --figure {params.figure} "
-            "--reductions {input:q} --out {output.pdf:q} > {log:q} 2>&1"
+            "--reductions {input.reductions:q} --out {output.pdf:q} > {log:q} 2>&1"

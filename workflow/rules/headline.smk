@@ -9,9 +9,11 @@ rule headline:
         evolution=expand(EVOLUTION_SUMMARY, run=RUNS),
         environments=lambda w: ([TEACHER_ENVIRONMENT] if trained_teacher_weights() else [])
         + expand(f"{RUN_DIR}/environment.json", run=RUNS),
+        code=step_code("headline"),
     output:
         HEADLINE,
     params:
+        code=code_digest("headline"),
         cfg=rule_config("headline"),
         teacher_log=lambda w, input: f"--teacher-log {input.teacher_log[0]}" if input.teacher_log else "",
     log:

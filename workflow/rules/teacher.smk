@@ -3,15 +3,17 @@ rule train_teacher:
         "Training the teacher {config[teacher][model][arch]} from scratch "
         "({config[teacher][train][epochs]} epochs)"
     input:
-        synthetic_data,
+        data=synthetic_data,
+        code=step_code("train_teacher"),
     output:
         weights=TEACHER_WEIGHTS,
         log=TEACHER_LOG,
         environment=TEACHER_ENVIRONMENT,
     params:
+        code=code_digest("train_teacher"),
         cfg=rule_config("train_teacher"),
         launch=training_command(TEACHER["resources"]),
-        data=lambda w, input: f"--data {input[0]}" if input else "",
+        data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
     log:
         "results/logs/train_teacher.log",
     threads: TEACHER["resources"]["cpus"]

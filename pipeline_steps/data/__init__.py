@@ -1,0 +1,1 @@
+"""Image data: the generated shape dataset, ImageNet-style folders, and the sample manifest."""

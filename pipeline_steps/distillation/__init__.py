@@ -1,0 +1,1 @@
+"""Distillation objectives: the paper's layer-pair notation and the registry of methods."""

@@ -1,0 +1,1 @@
+"""timm Vision Transformers: building them from a spec, their weight files, their blocks."""

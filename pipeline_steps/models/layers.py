@@ -1,0 +1,148 @@
+"""A model's blocks: how many, which ones an analysis names, their features, and input checks.
+
+The "layers" of the analysis are the entries of ``model.blocks``, exactly what timm's
+``forward_intermediates`` enumerates (for CaiT the class-attention ``blocks_token_only`` are not layers).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pipeline_steps.errors import UserError
+
+__all__ = ["check_input_size", "check_num_classes", "forward_with_features", "layer_names", "model_arch",
+           "num_blocks", "order_features", "resolve_layers"]
+
+
+def num_blocks(model: torch.nn.Module) -> int:
+    """Number of analysable layers: ``len(model.blocks)``, the blocks ``forward_intermediates`` indexes.
+
+    CaiT's class-attention ``blocks_token_only`` are not counted (method.md section 1).
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise UserError(f"model '{model_arch(model)}' has no 'blocks'; use a ViT-style timm model")
+    return len(blocks)
+
+
+def resolve_layers(model: torch.nn.Module, layers: str | Iterable[int]) -> list[int]:
+    """The 0-based block indices ``analysis.layers`` selects, sorted ascending.
+
+    Sorted because ``forward_intermediates`` returns intermediates in block order whatever the order
+    of ``indices``; keeping both the same makes array names line up with the blocks by construction.
+
+    Args:
+        model: The model (its block count bounds the indices).
+        layers: ``"all"`` or a list of 0-based block indices.
+
+    Raises:
+        UserError: An index out of range, a repeated index, or a value that is not an integer.
+    """
+    n = num_blocks(model)
+    if isinstance(layers, str):
+        if layers != "all":
+            raise UserError(f"analysis.layers is '{layers}'; use \"all\" or a list of 0-based block indices")
+        return list(range(n))
+    out: list[int] = []
+    for i in layers:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise UserError(f"analysis.layers contains {i!r}, not an integer; use 0-based block indices")
+        if not 0 <= i < n:
+            raise UserError(f"analysis.layers contains {i} but the model has {n} blocks (valid 0..{n - 1})")
+        if i in out:
+            raise UserError(f"analysis.layers contains {i} twice; list each block once")
+        out.append(i)
+    if not out:
+        raise UserError("analysis.layers is empty; use \"all\" or a non-empty list of block indices")
+    return sorted(out)
+
+
+def layer_names(model: torch.nn.Module, indices: Iterable[int]) -> list[str]:
+    """Module names of the selected blocks, e.g. ``["blocks.0", "blocks.5"]``."""
+    n = num_blocks(model)
+    names = []
+    for i in indices:
+        if not 0 <= i < n:
+            raise UserError(f"layer index {i} is out of range: the model has {n} blocks (valid 0..{n - 1})")
+        names.append(f"blocks.{i}")
+    return names
+
+
+def check_num_classes(model: torch.nn.Module, n_classes: int, *, where: str = "model.kwargs.num_classes") -> None:
+    """Fail with a one-line message when the classifier's output size is not the dataset's class count."""
+    classes = getattr(model, "num_classes", None)
+    if classes is not None and classes != n_classes:
+        raise UserError(f"{where} is {classes} but the dataset has {n_classes} classes; make them equal")
+
+
+def check_input_size(model: torch.nn.Module, size: tuple[int, int], *, where: str = "model.kwargs.img_size") -> None:
+    """Fail with a clear message when images of ``size`` (H, W) cannot go through ``model``.
+
+    timm's patch embedding asserts on a size mismatch deep in ``forward``; this check says which
+    setting to change instead. Models built with ``dynamic_img_size`` accept any multiple of the patch.
+
+    Args:
+        model: A timm ViT-style model.
+        size: Image height and width.
+        where: The params key to name in the message.
+    """
+    pe = getattr(model, "patch_embed", None)
+    if pe is None:
+        return
+    h, w = int(size[0]), int(size[1])
+    patch = tuple(getattr(pe, "patch_size", (1, 1)))
+    if getattr(pe, "dynamic_img_size", False) or not getattr(pe, "strict_img_size", True):
+        if h % patch[0] or w % patch[1]:
+            raise UserError(f"images are {h}x{w} but model '{model_arch(model)}' has patch size "
+                            f"{patch[0]}x{patch[1]}, which must divide them; change the image size or patch_size")
+        return
+    img = tuple(getattr(pe, "img_size", None) or ())
+    if img and (h, w) != tuple(img):
+        raise UserError(f"images are {h}x{w} but model '{model_arch(model)}' expects {img[0]}x{img[1]}; "
+                        f"set {where} to {h} (or change the data's image size)")
+
+
+def model_arch(model: torch.nn.Module) -> str:
+    """The timm architecture name of ``model`` (from its ``pretrained_cfg``), or its class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def forward_with_features(model: nn.Module, images: Tensor, layers: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
+    """Logits and the raw block outputs ``[B, C, H, W]`` of blocks ``layers`` (in that order) in one pass."""
+    if not layers:
+        return model(images), []
+    extracted = sorted(set(layers))
+    final, feats = model.forward_intermediates(images, indices=extracted, norm=False, output_fmt="NCHW")
+    return model.forward_head(final), order_features(feats, extracted, list(layers))
+
+
+def order_features(features: Sequence[Tensor], extracted: Sequence[int], wanted: Sequence[int]) -> list[Tensor]:
+    """Re-arrange extracted block outputs into pair order.
+
+    timm's ``forward_intermediates(indices=...)`` returns blocks in ascending block order, once each; a
+    method wants them in pair order (``method.teacher_layers``), possibly with repeats.
+
+    Args:
+        features: The maps ``forward_intermediates`` returned.
+        extracted: The block index of each map in ``features`` (e.g. ``sorted(set(wanted))``).
+        wanted: Block indices in the order the method expects.
+
+    Returns:
+        ``[features[extracted.index(i)] for i in wanted]``.
+
+    Raises:
+        UserError: A wanted block was not extracted, or the two lengths differ.
+    """
+    if len(features) != len(extracted):
+        raise UserError(f"got {len(features)} feature maps for {len(extracted)} block indices; extract "
+                        "exactly the blocks you name")
+    by_block = dict(zip(extracted, features))
+    missing = sorted(set(wanted) - set(by_block))
+    if missing:
+        raise UserError(f"blocks {missing} were not extracted; pass indices=sorted(set(method.teacher_layers))"
+                        " (or student_layers) to forward_intermediates")
+    return [by_block[i] for i in wanted]
