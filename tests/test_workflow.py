@@ -377,6 +377,7 @@ def test_a_smoke_run_writes_the_recorded_bytes(snakemake_run):
     """
     recorded = json.loads((REPO / "tests/data/smoke_artifacts.json").read_text())["artifacts"]
     actual = artifact_hashes(snakemake_run / "results")
+    actual.pop("report.html", None)  # written into the same run by the report test
     assert sorted(actual) == sorted(recorded)
     same_machine = all(actual[rel] == recorded[rel] for rel in recorded if rel.endswith("environment.json"))
     compared = sorted(recorded) if same_machine else MACHINE_INDEPENDENT
