@@ -29,8 +29,7 @@ __all__ = ["ANALYSIS_DATA_PARAMS", "RULE_PARAMS", "RULES", "TRAINING_DATA_PARAMS
            "step_code"]
 
 PACKAGE = "pipeline_steps"
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: The dataset params of steps that train or score models (DeiT's evaluation transform for imagefolder data).
 TRAINING_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolder", "dataset.eval_preprocess")
@@ -79,10 +78,10 @@ RULES: dict[str, RuleDependencies] = {
 RULE_PARAMS: dict[str, tuple[str, ...]] = {rule: deps.params for rule, deps in RULES.items()}
 
 
-def _module_file(module: str) -> Path | None:
-    """The file of a ``pipeline_steps`` module (a module file or a package's ``__init__.py``)."""
-    parts = module.split(".")[1:]
-    base = PACKAGE_DIR.joinpath(*parts)
+def _module_file(module: str, root: Path) -> Path | None:
+    """The file of a ``pipeline_steps`` module under repository ``root`` (a module or a package's
+    ``__init__.py``)."""
+    base = root.joinpath(*module.split("."))
     if base.with_suffix(".py").is_file():
         return base.with_suffix(".py")
     if (base / "__init__.py").is_file():
@@ -90,7 +89,7 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imported_modules(module: str, path: Path) -> set[str]:
+def _imported_modules(module: str, path: Path, root: Path) -> set[str]:
     """The ``pipeline_steps`` modules ``module`` (at ``path``) imports, anywhere in its body."""
     found: set[str] = set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -108,7 +107,7 @@ def _imported_modules(module: str, path: Path) -> set[str]:
         else:
             continue
         found.update(name for name in names if name == PACKAGE or name.startswith(PACKAGE + "."))
-    return {name for name in found if _module_file(name) is not None}
+    return {name for name in found if _module_file(name, root) is not None}
 
 
 def _with_parents(module: str) -> set[str]:
@@ -118,39 +117,43 @@ def _with_parents(module: str) -> set[str]:
 
 
 @functools.cache
-def _closure(step: str) -> tuple[str, ...]:
+def _closure(step: str, root: Path) -> tuple[str, ...]:
     start = f"{PACKAGE}.steps.{step}"
-    if _module_file(start) is None:
-        raise KeyError(f"no step module {start}")
+    if _module_file(start, root) is None:
+        raise KeyError(f"no step module {start} under {root}")
     seen: set[str] = set()
     todo = [start, f"{PACKAGE}.__main__"]
     while todo:
         module = todo.pop()
         for name in _with_parents(module) - seen:
             seen.add(name)
-            todo.extend(_imported_modules(name, _module_file(name)) - seen)
+            todo.extend(_imported_modules(name, _module_file(name, root), root) - seen)
     return tuple(sorted(seen))
 
 
-def step_code(step: str) -> list[str]:
+def step_code(step: str, root: str | Path | None = None) -> list[str]:
     """The repository-relative paths of the Python files step ``step`` runs (its import closure).
 
     Args:
         step: A module name of :mod:`pipeline_steps.steps` (``"distill"``), or a rule name of :data:`RULES`.
+        root: The repository whose files to read: the workflow's own (Snakemake passes its directory, which
+            need not be where this package was imported from); default this package's repository.
 
     Returns:
         Sorted POSIX paths such as ``pipeline_steps/training/loop.py``.
     """
+    root = Path(root).resolve() if root is not None else REPO_ROOT
     step = RULES[step].step if step in RULES else step
-    return sorted(_module_file(m).relative_to(REPO_ROOT).as_posix() for m in _closure(step))
+    return sorted(_module_file(m, root).relative_to(root).as_posix() for m in _closure(step, root))
 
 
-def code_digest(step: str) -> str:
+def code_digest(step: str, root: str | Path | None = None) -> str:
     """SHA-256 over the content of :func:`step_code`'s files (with their paths): changes exactly when the
     step's code does."""
+    root = Path(root).resolve() if root is not None else REPO_ROOT
     h = hashlib.sha256()
-    for rel in step_code(step):
-        h.update(rel.encode() + b"\0" + (REPO_ROOT / rel).read_bytes() + b"\0")
+    for rel in step_code(step, root):
+        h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
     return h.hexdigest()
 
 

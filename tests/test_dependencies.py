@@ -55,27 +55,21 @@ def test_steps_never_import_steps_and_the_library_never_imports_a_step():
                 assert not node.module.startswith("pipeline_steps.steps"), path
 
 
-def test_code_digest_changes_with_the_code_and_only_then(tmp_path, monkeypatch):
-    """A step's digest covers exactly its closure: editing the loss module changes the teacher's digest and
-    not the data generator's."""
+def test_code_digest_changes_with_the_code_and_only_then(tmp_path):
+    """A step's digest covers exactly its closure, read from the repository it is given (the workflow's own):
+    editing the loss module of a copy changes the copy's teacher digest and not its data generator's."""
     import shutil
-
-    from pipeline_steps import dependencies
 
     copy = tmp_path / "repo"
     shutil.copytree(PACKAGE, copy / "pipeline_steps", ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(dependencies, "PACKAGE_DIR", copy / "pipeline_steps")
-    monkeypatch.setattr(dependencies, "REPO_ROOT", copy)
-    dependencies._closure.cache_clear()
-    try:
-        before = {step: code_digest(step) for step in ("train_teacher", "generate_data")}
-        assert before == {step: code_digest(step) for step in before}
-        methods = copy / "pipeline_steps/distillation/methods.py"
-        methods.write_text(methods.read_text() + "\n# an edit\n")
-        assert code_digest("train_teacher") != before["train_teacher"]
-        assert code_digest("generate_data") == before["generate_data"]
-    finally:
-        dependencies._closure.cache_clear()
+    before = {step: code_digest(step, copy) for step in ("train_teacher", "generate_data")}
+    assert before == {step: code_digest(step) for step in before}  # same files, same digests
+    assert step_code("train_teacher", copy) == step_code("train_teacher")
+    methods = copy / "pipeline_steps/distillation/methods.py"
+    methods.write_text(methods.read_text() + "\n# an edit\n")
+    assert code_digest("train_teacher", copy) != before["train_teacher"]
+    assert code_digest("generate_data", copy) == before["generate_data"]
+    assert code_digest("train_teacher") == before["train_teacher"]  # this repository's files are untouched
 
 
 def _library_modules() -> list[str]:
@@ -97,5 +91,5 @@ def test_all_lists_every_public_name(name):
             defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             defined.add(node.target.id)
-    public = {n for n in defined if not n.startswith("_")} - {"PACKAGE", "PACKAGE_DIR", "REPO_ROOT"}
+    public = {n for n in defined if not n.startswith("_")} - {"PACKAGE", "REPO_ROOT"}
     assert sorted(module.__all__) == sorted(public), name

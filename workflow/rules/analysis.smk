@@ -5,11 +5,11 @@ rule extract:
         manifest=MANIFEST,
         data=synthetic_data,
         weights=trained_teacher_weights,
-        code=step_code("extract"),
+        code=step_code_of("extract"),
     output:
         ACTIVATIONS,
     params:
-        code=code_digest("extract"),
+        code=code_digest_of("extract"),
         cfg=rule_config("extract"),
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
         weights=lambda w, input: f"--model-weights {input.weights[0]}" if input.weights else "",
@@ -26,12 +26,12 @@ rule reduce:
         "{config[analysis][range_policy]} range)"
     input:
         activations=ACTIVATIONS,
-        code=step_code("reduce"),
+        code=step_code_of("reduce"),
     output:
         values=REDUCTIONS,
         summary=SUMMARY,
     params:
-        code=code_digest("reduce"),
+        code=code_digest_of("reduce"),
         cfg=rule_config("reduce"),
         label=TEACHER["name"],
     log:

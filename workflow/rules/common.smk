@@ -1,6 +1,7 @@
 import re
 import json
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -15,6 +16,19 @@ try:
     validate_params(config)
 except UserError as exc:
     raise WorkflowError(f"params: {exc}") from None
+
+# The repository this Snakefile belongs to: each rule's code inputs and code digest are read from its files
+# (pipeline_steps.dependencies), whichever copy of the package Python imported.
+REPO_ROOT = Path(workflow.basedir).parent
+
+
+def step_code_of(rule_name):
+    return step_code(rule_name, REPO_ROOT)
+
+
+def code_digest_of(rule_name):
+    return code_digest(rule_name, REPO_ROOT)
+
 
 # Steps run with the interpreter that runs Snakemake (the project's venv), also on cluster nodes.
 STEP = f"{sys.executable} -m pipeline_steps"

@@ -9,11 +9,11 @@ rule teacher_cache:
     input:
         data=synthetic_data,
         weights=trained_teacher_weights,
-        code=step_code("teacher_cache"),
+        code=step_code_of("teacher_cache"),
     output:
         TEACHER_CACHE,
     params:
-        code=code_digest("teacher_cache"),
+        code=code_digest_of("teacher_cache"),
         cfg=teacher_cache_config(),
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
         weights=lambda w, input: f"--teacher-weights {input.weights[0]}" if input.weights else "",
@@ -39,14 +39,14 @@ rule distill:
         data=synthetic_data,
         weights=trained_teacher_weights,
         cache=teacher_cache_input,
-        code=step_code("distill"),
+        code=step_code_of("distill"),
     output:
         weights=f"{RUN_DIR}/model.safetensors",
         log=f"{RUN_DIR}/log.txt",
         checkpoints=f"{RUN_DIR}/checkpoints.json",
         environment=f"{RUN_DIR}/environment.json",
     params:
-        code=code_digest("distill"),
+        code=code_digest_of("distill"),
         cfg=run_config,
         launch=training_command(DISTILL_RESOURCES),
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
@@ -74,14 +74,14 @@ rule table1:
         "Table 1 over {n} runs".format(n=len(RUNS))
     input:
         logs=expand(f"{RUN_DIR}/log.txt", run=RUNS),
-        code=step_code("table1"),
+        code=step_code_of("table1"),
     output:
         report(f"{TABLE1}.csv", caption="../report/table1.rst", category="Distillation"),
         f"{TABLE1}.md",
         f"{TABLE1}.tex",
         f"{TABLE1}.json",
     params:
-        code=code_digest("table1"),
+        code=code_digest_of("table1"),
         cfg=rule_config("table1"),
         stem=TABLE1,
     log:
@@ -95,7 +95,7 @@ rule table1_published:
         "Table 1 of the authors' published logs"
     input:
         logs=[f"{PUBLISHED_LOGS_DIR}/{name}" for name in PUBLISHED_TABLE1_LOGS],
-        code=step_code("table1_published"),
+        code=step_code_of("table1_published"),
     output:
         report(f"{TABLE1_PUBLISHED}.csv", caption="../report/table1_published.rst",
                category="Published (the authors' data)"),
@@ -103,7 +103,7 @@ rule table1_published:
         f"{TABLE1_PUBLISHED}.tex",
         f"{TABLE1_PUBLISHED}.json",
     params:
-        code=code_digest("table1_published"),
+        code=code_digest_of("table1_published"),
         cfg=rule_config("table1_published"),
         logs=PUBLISHED_LOGS_DIR,
         stem=TABLE1_PUBLISHED,

@@ -5,12 +5,12 @@ rule evolution:
         checkpoints=f"{RUN_DIR}/checkpoints.json",
         manifest=MANIFEST,
         data=synthetic_data,
-        code=step_code("evolution"),
+        code=step_code_of("evolution"),
     output:
         values=EVOLUTION,
         summary=EVOLUTION_SUMMARY,
     params:
-        code=code_digest("evolution"),
+        code=code_digest_of("evolution"),
         cfg=rule_config("evolution"),
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
         run_dir=RUN_DIR,
@@ -29,12 +29,12 @@ rule fig_evolution:
     input:
         evolution=expand(EVOLUTION, run=FIG4_RUNS),
         teacher=REDUCTIONS,
-        code=step_code("fig_evolution"),
+        code=step_code_of("fig_evolution"),
     output:
         pdf=f"{FIG4}.pdf",
         png=report(f"{FIG4}.png", caption="../report/fig_evolution.rst", category="Distillation"),
     params:
-        code=code_digest("fig_evolution"),
+        code=code_digest_of("fig_evolution"),
         cfg=rule_config("fig_evolution"),
         labels=json.dumps(FIG4_PANELS),
     log:
@@ -50,13 +50,13 @@ rule fig_evolution_published:
     input:
         entropy=[f"{PUBLISHED_ENTROPY_DIR}/{name}" for name in PUBLISHED_ENTROPY],
         logs=[f"{PUBLISHED_LOGS_DIR}/{log}" for _, _, log in PUBLISHED_ENTROPY.values()],
-        code=step_code("fig_evolution_published"),
+        code=step_code_of("fig_evolution_published"),
     output:
         pdf=f"{FIG4_PUBLISHED}.pdf",
         png=report(f"{FIG4_PUBLISHED}.png", caption="../report/fig_evolution_published.rst",
                    category="Published (the authors' data)"),
     params:
-        code=code_digest("fig_evolution_published"),
+        code=code_digest_of("fig_evolution_published"),
         cfg=rule_config("fig_evolution_published"),
         entropy=PUBLISHED_ENTROPY_DIR,
         logs=PUBLISHED_LOGS_DIR,

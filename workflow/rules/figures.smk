@@ -8,12 +8,12 @@ for _figure, _stem in FIGURES.items():
             f"Drawing {_stem}"
         input:
             reductions=REDUCTIONS,
-            code=step_code(f"fig_{_figure}"),
+            code=step_code_of(f"fig_{_figure}"),
         output:
             pdf=f"{_stem}.pdf",
             png=report(f"{_stem}.png", caption=f"../report/fig_{_figure}.rst", category="Teacher analysis"),
         params:
-            code=code_digest(f"fig_{_figure}"),
+            code=code_digest_of(f"fig_{_figure}"),
             cfg=rule_config(f"fig_{_figure}"),
             figure=_figure,
         log:

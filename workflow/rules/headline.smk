@@ -9,11 +9,11 @@ rule headline:
         evolution=expand(EVOLUTION_SUMMARY, run=RUNS),
         environments=lambda w: ([TEACHER_ENVIRONMENT] if trained_teacher_weights() else [])
         + expand(f"{RUN_DIR}/environment.json", run=RUNS),
-        code=step_code("headline"),
+        code=step_code_of("headline"),
     output:
         HEADLINE,
     params:
-        code=code_digest("headline"),
+        code=code_digest_of("headline"),
         cfg=rule_config("headline"),
         teacher_log=lambda w, input: f"--teacher-log {input.teacher_log[0]}" if input.teacher_log else "",
     log:

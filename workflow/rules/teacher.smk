@@ -4,13 +4,13 @@ rule train_teacher:
         "({config[teacher][train][epochs]} epochs)"
     input:
         data=synthetic_data,
-        code=step_code("train_teacher"),
+        code=step_code_of("train_teacher"),
     output:
         weights=TEACHER_WEIGHTS,
         log=TEACHER_LOG,
         environment=TEACHER_ENVIRONMENT,
     params:
-        code=code_digest("train_teacher"),
+        code=code_digest_of("train_teacher"),
         cfg=rule_config("train_teacher"),
         launch=training_command(TEACHER["resources"]),
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
