@@ -97,11 +97,18 @@ def test_cka_mean_tokens_allows_different_grids_flatten_does_not():
         linear_cka(a, b, tokens="flatten")
 
 
-def test_cka_of_features_constant_across_images_is_nan():
+@pytest.mark.parametrize("value", [0.1, 1 / 3, 7.0])
+def test_cka_of_features_constant_across_images_is_nan(value):
     a = _acts(7)
-    const = np.broadcast_to(a[:, :1], a.shape).copy()  # every image the same
-    cka = linear_cka(const, a)
-    assert np.isnan(cka).all()
+    const = np.full_like(a, value)  # every image the same (0.1 and 1/3: their mean over 6 images rounds)
+    assert np.isnan(linear_cka(const, a)).all() and np.isnan(linear_cka(const, a, tokens="flatten")).all()
+    same = np.broadcast_to(a[:, :1], a.shape).copy()
+    assert np.isnan(linear_cka(same, a)).all()
+    acc = CKAAccumulator(3, 3)
+    for layer in range(3):
+        acc.update_a(layer, const[layer])
+        acc.update_b(layer, a[layer])
+    assert np.isnan(acc.result()).all()
 
 
 @pytest.mark.parametrize("n_images", [1, 3])

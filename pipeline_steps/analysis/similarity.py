@@ -79,11 +79,18 @@ def _hsic(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
     return (trace + k_row.sum() * l_row.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (k_row @ l_row)) / (n * (n - 3))
 
 
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    """Float64 ``[B, F]`` features centred over the images; exactly zero when every image has the same features
+    (the mean of equal values need not round back to that value, which would leave ~1e-17 noise)."""
+    if bool((x == x[:1]).all()):
+        return torch.zeros_like(x)
+    return x - x.mean(dim=0, keepdim=True)
+
+
 def _features(layer_acts: torch.Tensor, tokens: str) -> torch.Tensor:
     """``[B, C, H, W]`` -> float64 ``[B, F]`` features, centred over the images."""
     x = layer_acts.to(torch.float64)
-    x = x.mean(dim=(2, 3)) if tokens == "mean" else x.reshape(x.shape[0], -1)
-    return x - x.mean(dim=0, keepdim=True)
+    return _centred(x.mean(dim=(2, 3)) if tokens == "mean" else x.reshape(x.shape[0], -1))
 
 
 def _cka_from_grams(grams_a: list[torch.Tensor], grams_b: list[torch.Tensor]) -> np.ndarray:
@@ -199,6 +206,5 @@ class CKAAccumulator:
             raise UserError(f"layers saw different numbers of images ({counts}); feed every layer of both "
                             "models the same images")
         _check_images(counts[0])
-        grams = {side: [(x - x.mean(0, keepdim=True)) @ (x - x.mean(0, keepdim=True)).T for x in xs]
-                 for side, xs in feats.items()}
+        grams = {side: [(c := _centred(x)) @ c.T for x in xs] for side, xs in feats.items()}
         return _cka_from_grams(grams["a"], grams["b"])
