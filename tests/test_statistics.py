@@ -151,6 +151,8 @@ def test_streaming_cka_checks_what_it_was_fed():
         acc.update_b(2, a[0])
     with pytest.raises(UserError, match="channels"):
         acc.update_b(1, a[1, :1, :3])
+    with pytest.raises(UserError, match="NaN or inf"):
+        acc.update_b(1, np.full((1, 4, 2, 2), np.inf))
 
 
 # ---------------------------------------------------------------- rank
@@ -416,3 +418,7 @@ def test_every_statistic_rejects_a_non_5d_input(call):
         call(np.zeros((4, 8, 3, 3)))
     with pytest.raises(UserError, match="float32 or float64"):
         call(np.zeros((1, 4, 8, 3, 3), dtype=np.int64))
+    bad = _acts(26, (2, 4, 8, 3, 3))
+    bad[1, 2, 3, 0, 0] = np.nan
+    with pytest.raises(UserError, match="NaN or inf"):
+        call(bad)

@@ -39,10 +39,16 @@ ENERGY_LEVELS = (0.80, 0.90, 0.95, 0.99)
 SCOPES = ("image", "dataset")
 
 
-def _token_matrices(layer_acts: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` -> ``[B, N, C]`` float64 token matrices."""
+def _check_finite(layer_acts: torch.Tensor, layer: int) -> torch.Tensor:
+    if not bool(torch.isfinite(layer_acts).all()):
+        raise UserError(f"layer {layer} holds NaN or inf; check the model and its inputs")
+    return layer_acts
+
+
+def _token_matrices(layer_acts: torch.Tensor, layer: int) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, N, C]`` float64 token matrices (``layer`` names the layer in errors)."""
     b, c = layer_acts.shape[:2]
-    return layer_acts.to(torch.float64).reshape(b, c, -1).transpose(1, 2)
+    return _check_finite(layer_acts, layer).to(torch.float64).reshape(b, c, -1).transpose(1, 2)
 
 
 def _check_scope(scope: str) -> str:
@@ -88,7 +94,7 @@ def effective_rank(acts: Any, scope: str = "image") -> np.ndarray:
     t = _as_acts(acts)
     out = np.empty(t.shape[0])
     for layer in range(t.shape[0]):
-        x = _token_matrices(t[layer])
+        x = _token_matrices(t[layer], layer)
         if scope == "image":
             out[layer] = float(_entropy_rank(torch.linalg.svdvals(x)).mean())
         else:
@@ -119,7 +125,7 @@ def participation_ratio(acts: Any, scope: str = "image") -> np.ndarray:
     t = _as_acts(acts)
     out = np.empty(t.shape[0])
     for layer in range(t.shape[0]):
-        x = _token_matrices(t[layer])
+        x = _token_matrices(t[layer], layer)
         if scope == "dataset":
             x = x.reshape(1, -1, x.shape[2])
         x = x - x.mean(dim=1, keepdim=True)
@@ -167,7 +173,7 @@ def svd_energy_rank(acts: Any, energies: Sequence[float] = ENERGY_LEVELS) -> np.
     out = []
     for layer in range(t.shape[0]):
         b, c = t.shape[1:3]
-        x = t[layer].reshape(b, c, -1).transpose(1, 2)
+        x = _check_finite(t[layer], layer).reshape(b, c, -1).transpose(1, 2)
         energy = torch.linalg.svdvals(x).to(torch.float64) ** 2
         total = energy.sum(-1, keepdim=True)
         ranks = _threshold_rank(torch.cumsum(energy, -1) / total.clamp_min(torch.finfo(torch.float64).tiny), e)
@@ -215,7 +221,7 @@ def pca_dimension(acts: Any, energies: Sequence[float] = ENERGY_LEVELS, center: 
     t = _as_acts(acts)
     out = []
     for layer in range(t.shape[0]):
-        lam, _, _ = _second_moment_basis(_token_matrices(t[layer]), center)
+        lam, _, _ = _second_moment_basis(_token_matrices(t[layer], layer), center)
         total = lam.sum()
         if not total > 0:
             raise UserError(f"layer {layer} has no variance to decompose (all tokens zero or equal); "
@@ -248,7 +254,7 @@ def shared_basis_rank(acts: Any, energies: Sequence[float] = ENERGY_LEVELS, cent
     t = _as_acts(acts)
     out = []
     for layer in range(t.shape[0]):
-        x = _token_matrices(t[layer])
+        x = _token_matrices(t[layer], layer)
         _, v, mu = _second_moment_basis(x, center)
         if center:
             x = x - mu

@@ -76,12 +76,15 @@ def _hsic(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
     l_ = l_.clone().fill_diagonal_(0.0)
     k_row, l_row = k.sum(1), l_.sum(1)
     trace = (k * l_).sum()
-    return (trace + k_row.sum() * l_row.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (k_row @ l_row)) / (n * (n - 3))
+    both_sums = k_row.sum() * l_row.sum() / ((n - 1) * (n - 2))
+    return (trace + both_sums - 2.0 / (n - 2) * (k_row @ l_row)) / (n * (n - 3))
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
     """Float64 ``[B, F]`` features centred over the images; exactly zero when every image has the same features
     (the mean of equal values need not round back to that value, which would leave ~1e-17 noise)."""
+    if not bool(torch.isfinite(x).all()):
+        raise UserError("activations hold NaN or inf; check the model and its inputs")
     if bool((x == x[:1]).all()):
         return torch.zeros_like(x)
     return x - x.mean(dim=0, keepdim=True)
@@ -172,6 +175,9 @@ class CKAAccumulator:
         layer = _check_layer(layer, len(parts))
         t = _as_chunk(chunk)
         x = t.to(torch.float64).mean(dim=(2, 3))
+        if not bool(torch.isfinite(x).all()):
+            raise UserError(f"model {side.upper()} layer {layer}: the chunk holds NaN or inf; check the model "
+                            "and its inputs")
         if parts[layer] and parts[layer][0].shape[1] != x.shape[1]:
             raise UserError(f"model {side.upper()} layer {layer} got {x.shape[1]} channels but earlier chunks had "
                             f"{parts[layer][0].shape[1]}; keep the [b, C, H, W] layout for every chunk")
@@ -182,7 +188,7 @@ class CKAAccumulator:
         self._update("a", layer, chunk)
 
     def update_b(self, layer: int, chunk: Any) -> None:
-        """Fold a ``[b, C, H, W]`` chunk of model B's layer ``layer`` in; the same images as model A, same order."""
+        """Fold a ``[b, C, H, W]`` chunk of model B's layer ``layer`` in; model A's images, in the same order."""
         self._update("b", layer, chunk)
 
     def result(self) -> np.ndarray:

@@ -66,6 +66,8 @@ def sep_curve(acts: Any, mode: str = "full") -> np.ndarray:
     curves = []
     for layer in range(t.shape[0]):
         b, c = t.shape[1:3]
+        if not bool(torch.isfinite(t[layer]).all()):
+            raise UserError(f"layer {layer} holds NaN or inf; check the model and its inputs")
         x = t[layer].to(torch.float64).reshape(b, c, -1).transpose(1, 2).reshape(-1, c)  # [tokens, C]
         if mode == "full":
             energy = torch.fft.fft(x, dim=1).abs() ** 2
