@@ -2,7 +2,7 @@
 
 Sun, Chen, Kolter and Liu (2024, "Massive activations in large language models", Sec. 2) call an activation
 massive when its magnitude exceeds 100 and is about 1,000 times the median magnitude of its hidden state
-(the layer's output for that one input); they also find them in ViTs (Sec. 5). Both thresholds are
+(the layer's output for that one input); they also find them in ViTs. Both thresholds are
 parameters here (:data:`MIN_MAGNITUDE`, :data:`MIN_RATIO`): the absolute 100 is a statement about LLM
 scales, so a ratio-only reading (``min_magnitude=0``) is often the useful one for small models.
 """
