@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline_steps.analysis.metrics import _as_acts
+from pipeline_steps.analysis._inputs import as_acts
 from pipeline_steps.errors import UserError
 
 __all__ = ["MIN_MAGNITUDE", "MIN_RATIO", "MassiveActivations", "massive_activations"]
@@ -74,7 +74,7 @@ def massive_activations(acts: Any, top_k: int = 10, min_ratio: float = MIN_RATIO
     Returns:
         A :class:`MassiveActivations`.
     """
-    t = _as_acts(acts)
+    t = as_acts(acts)
     n_layers, n_images, c, h, w = t.shape
     per_layer = n_images * c * h * w
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= per_layer:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipeline_steps.analysis.metrics import _as_acts
+from pipeline_steps.analysis._inputs import as_acts
 from pipeline_steps.errors import UserError
 
 __all__ = ["ENERGY_LEVELS", "SCOPES", "effective_rank", "participation_ratio", "pca_dimension",
@@ -91,7 +91,7 @@ def effective_rank(acts: Any, scope: str = "image") -> np.ndarray:
         ``[L]`` float64; NaN for an all-zero layer (or image, which makes the image mean NaN).
     """
     scope = _check_scope(scope)
-    t = _as_acts(acts)
+    t = as_acts(acts)
     out = np.empty(t.shape[0])
     for layer in range(t.shape[0]):
         x = _token_matrices(t[layer], layer)
@@ -122,7 +122,7 @@ def participation_ratio(acts: Any, scope: str = "image") -> np.ndarray:
         ``[L]`` float64; NaN where the tokens do not vary (zero covariance).
     """
     scope = _check_scope(scope)
-    t = _as_acts(acts)
+    t = as_acts(acts)
     out = np.empty(t.shape[0])
     for layer in range(t.shape[0]):
         x = _token_matrices(t[layer], layer)
@@ -169,7 +169,7 @@ def svd_energy_rank(acts: Any, energies: Sequence[float] = ENERGY_LEVELS) -> np.
         value is the 99th percentile over images of the last layer's ranks.
     """
     e = _check_energies(energies)
-    t = _as_acts(acts)
+    t = as_acts(acts)
     out = []
     for layer in range(t.shape[0]):
         b, c = t.shape[1:3]
@@ -218,7 +218,7 @@ def pca_dimension(acts: Any, energies: Sequence[float] = ENERGY_LEVELS, center: 
         UserError: A layer is all zero (no spectrum to threshold).
     """
     e = _check_energies(energies)
-    t = _as_acts(acts)
+    t = as_acts(acts)
     out = []
     for layer in range(t.shape[0]):
         lam, _, _ = _second_moment_basis(_token_matrices(t[layer], layer), center)
@@ -251,7 +251,7 @@ def shared_basis_rank(acts: Any, energies: Sequence[float] = ENERGY_LEVELS, cent
         ``[L, B, len(energies)]`` int64 dimensions in ``[1, C]`` (0 for an all-zero image).
     """
     e = _check_energies(energies)
-    t = _as_acts(acts)
+    t = as_acts(acts)
     out = []
     for layer in range(t.shape[0]):
         x = _token_matrices(t[layer], layer)

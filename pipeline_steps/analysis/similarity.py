@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline_steps.analysis.metrics import _as_acts, _as_chunk, _check_layer
+from pipeline_steps.analysis._inputs import as_acts, as_chunk, check_layer
 from pipeline_steps.errors import UserError
 
 __all__ = ["CKAAccumulator", "TOKEN_MODES", "linear_cka", "unbiased_hsic"]
@@ -132,7 +132,7 @@ def linear_cka(acts_a: Any, acts_b: Any, tokens: str = "mean") -> np.ndarray:
         ``[L_a, L_b]`` float64; NaN where a layer's features do not vary across images.
     """
     tokens = _check_tokens(tokens)
-    a, b = _as_acts(acts_a), _as_acts(acts_b)
+    a, b = as_acts(acts_a), as_acts(acts_b)
     if a.shape[1] != b.shape[1]:
         raise UserError(f"model A has {a.shape[1]} images and model B {b.shape[1]}; CKA compares the same "
                         "images, pass both models' activations on one sample")
@@ -172,8 +172,8 @@ class CKAAccumulator:
 
     def _update(self, side: str, layer: int, chunk: Any) -> None:
         parts = self._features[side]
-        layer = _check_layer(layer, len(parts))
-        t = _as_chunk(chunk)
+        layer = check_layer(layer, len(parts))
+        t = as_chunk(chunk)
         x = t.to(torch.float64).mean(dim=(2, 3))
         if not bool(torch.isfinite(x).all()):
             raise UserError(f"model {side.upper()} layer {layer}: the chunk holds NaN or inf; check the model "

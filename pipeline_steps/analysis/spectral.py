@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipeline_steps.analysis.metrics import _as_acts
+from pipeline_steps.analysis._inputs import as_acts
 from pipeline_steps.errors import UserError
 
 __all__ = ["SEP_MODES", "SEP_RATIOS", "low_frequency_share", "sep_bandwidth", "sep_curve", "spectral_slope"]
@@ -62,7 +62,7 @@ def sep_curve(acts: Any, mode: str = "full") -> np.ndarray:
         ``[L, D]`` float64, ``curve[:, d - 1] = c(d)``, rising to 1; NaN rows for all-zero layers.
     """
     mode = _check_mode(mode)
-    t = _as_acts(acts)
+    t = as_acts(acts)
     curves = []
     for layer in range(t.shape[0]):
         b, c = t.shape[1:3]
