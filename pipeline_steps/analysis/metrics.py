@@ -26,12 +26,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from pipeline_steps.analysis._inputs import as_acts, as_chunk, check_layer
 from pipeline_steps.errors import UserError
 
 __all__ = ["RANGE_POLICIES", "activation_magnitude", "channel_entropy", "channel_spectrum", "MetricAccumulator",
@@ -48,43 +48,6 @@ _CHUNK_ELEMS = 1 << 19
 # A value whose fast bin estimate is within this many bins of an edge is re-binned with numpy's exact
 # algorithm; beyond it the error bound is too loose to be useful and every value takes the exact path.
 _MAX_DELTA = 0.25
-
-
-def _as_tensor(x: Any, what: str) -> torch.Tensor:
-    """A CPU torch view of ``x`` (no copy for CPU tensors and most numpy arrays)."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-    elif isinstance(x, np.ndarray):
-        if any(s < 0 for s in x.strides):  # torch cannot view negative strides
-            x = np.ascontiguousarray(x)
-        with warnings.catch_warnings():
-            # Read-only arrays (e.g. memory-mapped .npy files) are fine: nothing here writes to its input.
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(x)
-    else:
-        raise UserError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}; "
-                        "convert it with np.asarray(...)")
-    if t.dtype not in (torch.float32, torch.float64):
-        raise UserError(f"{what} must be float32 or float64, got {t.dtype}; cast it with .float() first")
-    return t
-
-
-def _as_acts(acts: Any) -> torch.Tensor:
-    t = _as_tensor(acts, "activations")
-    if t.ndim != 5 or t.numel() == 0:
-        raise UserError(f"activations must be a non-empty [L, B, C, H, W] array, got shape {tuple(t.shape)}; "
-                        "stack the per-layer [B, C, H, W] outputs along a new first axis")
-    return t
-
-
-def _as_chunk(chunk: Any) -> torch.Tensor:
-    t = _as_tensor(chunk, "chunk")
-    if t.ndim != 4 or t.numel() == 0:
-        raise UserError(f"a chunk must be a non-empty [b, C, H, W] array of one layer, got shape "
-                        f"{tuple(t.shape)}; pass acts[layer] or a slice of its images")
-    return t
 
 
 def _np_dtype(t: torch.Tensor) -> np.dtype:
@@ -112,15 +75,6 @@ def _check_bins(bins: int) -> int:
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise UserError(f"bins must be a positive integer, got {bins!r}")
     return int(bins)
-
-
-def _check_layer(layer: int, n_layers: int | None) -> int:
-    """A 0-based layer index, below ``n_layers`` when that is known."""
-    upper = math.inf if n_layers is None else n_layers
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < upper:
-        where = "a non-negative integer" if n_layers is None else f"an integer in [0, {n_layers - 1}]"
-        raise UserError(f"layer must be {where}, got {layer!r}")
-    return int(layer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,8 +374,8 @@ class RangeAccumulator:
             layer: 0-based layer index.
             chunk: ``[b, C, H, W]`` float32 or float64 array or tensor; every chunk must share one dtype.
         """
-        layer = _check_layer(layer, self.n_layers)
-        t = _as_chunk(chunk)
+        layer = check_layer(layer, self.n_layers)
+        t = as_chunk(chunk)
         self._dtype = _same_dtype(self._dtype, t)
         lo, hi = _minmax(t)
         if layer >= len(self._lo):
@@ -460,7 +414,7 @@ class RangeAccumulator:
         if policy not in RANGE_POLICIES:
             raise UserError(f"unknown range policy {policy!r}; use one of {', '.join(RANGE_POLICIES)}")
         self._require_all()
-        layer = _check_layer(layer, len(self._lo))
+        layer = check_layer(layer, len(self._lo))
         if policy == "global":
             return min(self._lo), max(self._hi)
         return self._lo[layer], self._hi[layer]
@@ -510,8 +464,8 @@ class MetricAccumulator:
             chunk: ``[b, C, H, W]`` float32 or float64 array or tensor; every chunk must share one dtype,
                 and all chunks of a layer one channel count.
         """
-        layer = _check_layer(layer, self.n_layers)
-        t = _as_chunk(chunk)
+        layer = check_layer(layer, self.n_layers)
+        t = as_chunk(chunk)
         self._dtype = _same_dtype(self._dtype, t)
         c = t.shape[1]
         if self._channels[layer] is not None and c != self._channels[layer]:
@@ -572,7 +526,7 @@ def channel_spectrum(acts: Any) -> np.ndarray:
     Returns:
         ``[L, C]`` float64, all C frequency bins (k = 0 .. C-1, DC first).
     """
-    t = _as_acts(acts)
+    t = as_acts(acts)
     n_layers, n_images, c = t.shape[:3]
     n_vectors = n_images * t.shape[3] * t.shape[4]
     ws = _Workspace()
@@ -603,7 +557,7 @@ def channel_entropy(acts: Any, bins: int = 100, range_policy: str = "global",
     Raises:
         UserError: Bad options, or activations holding NaN or inf (no finite range exists).
     """
-    t = _as_acts(acts)
+    t = as_acts(acts)
     bins = _check_bins(bins)
     if range_policy not in RANGE_POLICIES:
         raise UserError(f"unknown range_policy {range_policy!r}; use one of {', '.join(RANGE_POLICIES)}")
@@ -639,7 +593,7 @@ def activation_magnitude(acts: Any) -> np.ndarray:
     Returns:
         ``[L]`` float64.
     """
-    t = _as_acts(acts)
+    t = as_acts(acts)
     ws = _Workspace()
     return np.array([_reduce_chunk(t[layer], ws, magnitude=True).abs_sum / t[layer].numel()
                      for layer in range(t.shape[0])])

@@ -1,0 +1,216 @@
+"""Linear CKA between every layer of one model and every layer of another (method.md section 9.1).
+
+Centered kernel alignment (Kornblith et al. 2019, "Similarity of neural network representations
+revisited") with a linear kernel and the **unbiased** HSIC estimator of Song et al. (2012), as used by
+Nguyen, Raghu and Kornblith (2021, "Do wide and deep networks learn the same things?"):
+
+``CKA(K, L) = HSIC_1(K, L) / sqrt(HSIC_1(K, K) HSIC_1(L, L))``, with ``K = X X^T`` and ``L = Y Y^T`` the
+``[n, n]`` Gram matrices of the two layers' features over the same ``n`` images (examples = images).
+
+Tokens. Each image's feature vector is built from its ``[C, H, W]`` activation in one of two ways
+(:data:`TOKEN_MODES`):
+
+* ``"mean"`` (default): the mean over the ``H * W`` tokens, a ``[C]`` vector. Well defined when the two models
+  have different token grids (e.g. a 14 x 14 student against a 7 x 7 Swin stage), and the one mode the
+  streaming :class:`CKAAccumulator` supports.
+* ``"flatten"``: all tokens concatenated, a ``[C * H * W]`` vector (Raghu et al. 2021 treat ViT tokens this
+  way). Requires both models to have the same ``H x W`` grid, so token ``(h, w)`` of one lines up with token
+  ``(h, w)`` of the other.
+
+The unbiased estimator needs ``n >= 4`` images. It is invariant to a constant shift of the features, so
+features are centred over the images first (in float64) without changing the value; this only improves the
+rounding, and makes a layer whose features do not vary across images give exactly zero self-HSIC, for which
+CKA is undefined and returned as NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline_steps.analysis._inputs import as_acts, as_chunk, check_layer
+from pipeline_steps.errors import UserError
+
+__all__ = ["CKAAccumulator", "TOKEN_MODES", "linear_cka", "unbiased_hsic"]
+
+TOKEN_MODES = ("mean", "flatten")
+
+_MIN_IMAGES = 4
+
+
+def _check_images(n: int) -> None:
+    if n < _MIN_IMAGES:
+        raise UserError(f"linear CKA with the unbiased HSIC estimator needs at least {_MIN_IMAGES} images, "
+                        f"got {n}; analyse more images")
+
+
+def unbiased_hsic(gram_x: Any, gram_y: Any) -> float:
+    """Unbiased HSIC estimator of Song et al. (2012, Eq. 5) for two ``[n, n]`` Gram matrices.
+
+    With ``K~``, ``L~`` the Gram matrices with their diagonals set to zero and ``1`` the all-ones vector::
+
+        HSIC_1 = [tr(K~ L~) + (1' K~ 1)(1' L~ 1) / ((n-1)(n-2)) - 2/(n-2) 1' K~ L~ 1] / (n (n-3))
+
+    Args:
+        gram_x: ``[n, n]`` symmetric Gram matrix of the first representation (numpy or torch).
+        gram_y: ``[n, n]`` Gram matrix of the second representation over the same ``n >= 4`` examples.
+
+    Returns:
+        The estimate, a float (it can be slightly negative: it is unbiased, not non-negative).
+    """
+    k = torch.as_tensor(np.asarray(gram_x, dtype=np.float64))
+    l_ = torch.as_tensor(np.asarray(gram_y, dtype=np.float64))
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape != l_.shape:
+        raise UserError(f"Gram matrices must be two [n, n] arrays of one size, got shapes {tuple(k.shape)} "
+                        f"and {tuple(l_.shape)}")
+    _check_images(k.shape[0])
+    return float(_hsic(k, l_))
+
+
+def _hsic(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC of float64 ``[n, n]`` Gram matrices (diagonals are zeroed on copies)."""
+    n = k.shape[0]
+    k = k.clone().fill_diagonal_(0.0)
+    l_ = l_.clone().fill_diagonal_(0.0)
+    k_row, l_row = k.sum(1), l_.sum(1)
+    trace = (k * l_).sum()
+    both_sums = k_row.sum() * l_row.sum() / ((n - 1) * (n - 2))
+    return (trace + both_sums - 2.0 / (n - 2) * (k_row @ l_row)) / (n * (n - 3))
+
+
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    """Float64 ``[B, F]`` features centred over the images; exactly zero when every image has the same features
+    (the mean of equal values need not round back to that value, which would leave ~1e-17 noise)."""
+    if not bool(torch.isfinite(x).all()):
+        raise UserError("activations hold NaN or inf; check the model and its inputs")
+    if bool((x == x[:1]).all()):
+        return torch.zeros_like(x)
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def _features(layer_acts: torch.Tensor, tokens: str) -> torch.Tensor:
+    """``[B, C, H, W]`` -> float64 ``[B, F]`` features, centred over the images."""
+    x = layer_acts.to(torch.float64)
+    return _centred(x.mean(dim=(2, 3)) if tokens == "mean" else x.reshape(x.shape[0], -1))
+
+
+def _cka_from_grams(grams_a: list[torch.Tensor], grams_b: list[torch.Tensor]) -> np.ndarray:
+    self_a = torch.stack([_hsic(k, k) for k in grams_a])
+    self_b = torch.stack([_hsic(k, k) for k in grams_b])
+    out = np.empty((len(grams_a), len(grams_b)))
+    for i, k in enumerate(grams_a):
+        for j, l_ in enumerate(grams_b):
+            denom = float(self_a[i] * self_b[j])
+            # Zero (or, from rounding, negative) self-HSIC: a layer that does not vary across images.
+            out[i, j] = float(_hsic(k, l_)) / np.sqrt(denom) if denom > 0 else np.nan
+    return out
+
+
+def _check_tokens(tokens: str) -> str:
+    if tokens not in TOKEN_MODES:
+        raise UserError(f"unknown tokens mode {tokens!r}; use one of {', '.join(TOKEN_MODES)}")
+    return tokens
+
+
+def linear_cka(acts_a: Any, acts_b: Any, tokens: str = "mean") -> np.ndarray:
+    """Linear CKA (unbiased HSIC) between every layer of model A and every layer of model B.
+
+    ``CKA[i, j] = HSIC_1(K_i, L_j) / sqrt(HSIC_1(K_i, K_i) HSIC_1(L_j, L_j))`` with ``K_i = X_i X_i^T`` the
+    Gram matrix over images of layer ``i``'s features (see the module docstring for ``tokens``). Invariant to
+    orthogonal transforms and isotropic scaling of either layer's features; ``linear_cka(a, a)`` has a unit
+    diagonal.
+
+    Args:
+        acts_a: ``[L_a, B, C_a, H_a, W_a]`` float32 or float64 array or tensor.
+        acts_b: ``[L_b, B, C_b, H_b, W_b]``, the same ``B >= 4`` images in the same order.
+        tokens: ``"mean"`` (token-averaged channel vector per image) or ``"flatten"`` (all tokens
+            concatenated; needs equal token grids).
+
+    Returns:
+        ``[L_a, L_b]`` float64; NaN where a layer's features do not vary across images.
+    """
+    tokens = _check_tokens(tokens)
+    a, b = as_acts(acts_a), as_acts(acts_b)
+    if a.shape[1] != b.shape[1]:
+        raise UserError(f"model A has {a.shape[1]} images and model B {b.shape[1]}; CKA compares the same "
+                        "images, pass both models' activations on one sample")
+    _check_images(a.shape[1])
+    if tokens == "flatten" and a.shape[3:] != b.shape[3:]:
+        raise UserError(f"tokens='flatten' needs equal token grids, got {tuple(a.shape[3:])} and "
+                        f"{tuple(b.shape[3:])}; use tokens='mean'")
+    grams_a = [(x := _features(a[i], tokens)) @ x.T for i in range(a.shape[0])]
+    grams_b = [(y := _features(b[j], tokens)) @ y.T for j in range(b.shape[0])]
+    return _cka_from_grams(grams_a, grams_b)
+
+
+class CKAAccumulator:
+    """Streaming :func:`linear_cka` with ``tokens="mean"``: feed each model's layers chunk by chunk.
+
+    Unbiased HSIC is a U-statistic over all pairs (in fact quadruples) of images, so neither the Gram matrix
+    nor the estimate splits into per-chunk parts: a chunk's images pair with every earlier image, and
+    averaging per-minibatch estimates (the "minibatch CKA" of Nguyen et al. 2021) is a different estimator.
+    The accumulator therefore keeps each image's token-mean feature vector, float64, ``B x C`` values per
+    layer (``H * W`` times fewer than the activations), and builds the ``B x B`` Gram matrices in
+    :meth:`result`. Memory grows linearly with the number of images: ``8 B (sum of C over both models' layers)``
+    bytes, e.g. 32 images of CaiT-S24 (24 x 384) and DeiT-Tiny (12 x 192): 3 MB. The result equals the
+    one-shot function up to float64 rounding. ``tokens="flatten"`` would have to keep every activation, so it
+    is not offered here.
+
+    Args:
+        n_layers_a: Number of layers of model A that will be fed.
+        n_layers_b: Number of layers of model B.
+    """
+
+    def __init__(self, n_layers_a: int, n_layers_b: int):
+        for name, n in (("n_layers_a", n_layers_a), ("n_layers_b", n_layers_b)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise UserError(f"{name} must be a positive integer, got {n!r}")
+        self._features: dict[str, list[list[torch.Tensor]]] = {
+            "a": [[] for _ in range(int(n_layers_a))], "b": [[] for _ in range(int(n_layers_b))]}
+
+    def _update(self, side: str, layer: int, chunk: Any) -> None:
+        parts = self._features[side]
+        layer = check_layer(layer, len(parts))
+        t = as_chunk(chunk)
+        x = t.to(torch.float64).mean(dim=(2, 3))
+        if not bool(torch.isfinite(x).all()):
+            raise UserError(f"model {side.upper()} layer {layer}: the chunk holds NaN or inf; check the model "
+                            "and its inputs")
+        if parts[layer] and parts[layer][0].shape[1] != x.shape[1]:
+            raise UserError(f"model {side.upper()} layer {layer} got {x.shape[1]} channels but earlier chunks had "
+                            f"{parts[layer][0].shape[1]}; keep the [b, C, H, W] layout for every chunk")
+        parts[layer].append(x)
+
+    def update_a(self, layer: int, chunk: Any) -> None:
+        """Fold a ``[b, C, H, W]`` chunk of model A's layer ``layer`` (0-based) in; images in sample order."""
+        self._update("a", layer, chunk)
+
+    def update_b(self, layer: int, chunk: Any) -> None:
+        """Fold a ``[b, C, H, W]`` chunk of model B's layer ``layer`` in; model A's images, in the same order."""
+        self._update("b", layer, chunk)
+
+    def result(self) -> np.ndarray:
+        """CKA of everything fed so far.
+
+        Returns:
+            ``[L_a, L_b]`` float64, as :func:`linear_cka` with ``tokens="mean"``.
+
+        Raises:
+            UserError: A layer was never fed, layers saw different numbers of images, or fewer than 4.
+        """
+        feats = {}
+        for side, parts in self._features.items():
+            missing = [i for i, p in enumerate(parts) if not p]
+            if missing:
+                raise UserError(f"no chunk seen for model {side.upper()} layer(s) {missing}; update every layer "
+                                "before result()")
+            feats[side] = [torch.cat(p) for p in parts]
+        counts = sorted({x.shape[0] for side in feats.values() for x in side})
+        if len(counts) != 1:
+            raise UserError(f"layers saw different numbers of images ({counts}); feed every layer of both "
+                            "models the same images")
+        _check_images(counts[0])
+        grams = {side: [(c := _centred(x)) @ c.T for x in xs] for side, xs in feats.items()}
+        return _cka_from_grams(grams["a"], grams["b"])
