@@ -43,6 +43,9 @@ def test_stages_are_the_layers(resnet):
                                         r"supported, distillation needs a ViT\)"):
         num_blocks(resnet)
     assert describe_model(SPEC) == "ResNet, 4 stages"
+    with pytest.raises(UserError, match="model 'test_convnext' has no 'blocks' sequence of transformer blocks nor "
+                                        "residual stages"):
+        create_model({"arch": "test_convnext"})  # a CNN whose forward_intermediates enumeration is not checked
     assert kind_of_layer_names(STAGES) == "stage" and kind_of_layer_names(["blocks.0", "blocks.1"]) == "block"
 
 

@@ -4,9 +4,10 @@ For a ViT-style model the "layers" of the analysis are the entries of ``model.bl
 ``forward_intermediates`` enumerates (for CaiT the class-attention ``blocks_token_only`` are not layers);
 their kind is ``"block"``.
 
-For a CNN without ``blocks`` (timm ResNet, and models whose ``feature_info`` names stages the same way) the
-layers are its residual *stages*, kind ``"stage"``: the ``model.feature_info`` entries whose module is
-``layer<N>`` or ``stages.<N>``. ResNet's ``forward_intermediates`` indexes five feature maps, 0 being the
+For a timm ResNet (``timm.models.resnet.ResNet``: resnet*, resnext*, seresnet*, wide_resnet*, ...) the layers
+are its residual *stages*, kind ``"stage"``: the ``model.feature_info`` entries whose module is ``layer<N>``.
+Other CNNs are refused: each family enumerates ``forward_intermediates`` its own way (a stem at index 0 or
+not), and only ResNet's is checked here. ResNet's ``forward_intermediates`` indexes five feature maps, 0 being the
 stem (``act1``: conv-bn-act before the max-pool) and 1..4 ``layer1..layer4``; the stem is left out, as a
 ViT's patch embedding is, so analysis layer ``i`` (0-based) is ``forward_intermediates`` index
 ``i + 1`` (:func:`intermediate_indices`). Only the analysis (extract, reduce, figures) takes stage models;
@@ -26,14 +27,16 @@ from pipeline_steps.errors import UserError
 __all__ = ["check_input_size", "check_num_classes", "forward_with_features", "intermediate_indices", "kind_of_layer_names",
            "layer_kind", "layer_names", "model_arch", "num_blocks", "num_layers", "order_features", "resolve_layers"]
 
-#: A ``feature_info`` module that is a residual stage of a CNN (ResNet ``layer1``, ConvNeXt ``stages.0``).
-_STAGE_MODULE = re.compile(r"^(layer\d+|stages\.\d+)$")
+#: A ``feature_info`` module that is a residual stage of a ResNet (``layer1`` .. ``layer4``).
+_STAGE_MODULE = re.compile(r"^layer\d+$")
 
 
 def _stage_offset(model: torch.nn.Module) -> int | None:
-    """For a CNN without ``blocks``: the ``forward_intermediates`` index of its first stage (1 for a
-    ResNet, whose index 0 is the stem); ``None`` for a model with ``blocks`` or without recognisable stages."""
-    if getattr(model, "blocks", None) is not None:
+    """For a timm ResNet: the ``forward_intermediates`` index of its first stage (1: index 0 is the stem);
+    ``None`` for any other model."""
+    from timm.models.resnet import ResNet
+
+    if getattr(model, "blocks", None) is not None or not isinstance(model, ResNet):
         return None
     info = getattr(model, "feature_info", None)
     if not isinstance(info, (list, tuple)) or not info:
@@ -62,7 +65,7 @@ def layer_kind(model: torch.nn.Module) -> str:
 
 
 def kind_of_layer_names(names: Iterable[str]) -> str:
-    """``"stage"`` when every name is a CNN stage's module (``layer3``, ``stages.0``), else ``"block"``: the
+    """``"stage"`` when every name is a ResNet stage's module (``layer3``), else ``"block"``: the
     layer kind of a reductions table, from its ``layer_name`` column (the table has no ``layer_kind``
     column, so that a ViT's table keeps its bytes)."""
     names = [str(n) for n in names]
