@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import metrics_oracle as ref
+from conftest import REPO, assert_one_line_error, run_step
 from pipeline_steps.analysis.activations import STAGE_POLICY, ActivationsFile
 from pipeline_steps.errors import UserError
 from pipeline_steps.models.build import create_model, describe_model
@@ -113,3 +115,27 @@ def test_resnet_extract_reduce_figure(tmp_path, resnet):
     spectra = plots.figure_spectra(values, plots.choose_spectra_layers(
         plots.profile(values, "entropy")["value"].to_numpy()))
     assert all(" stage " in a.get_title() for a in spectra.axes if a.get_visible())
+
+
+def test_steps_on_a_resnet_teacher(tmp_path):
+    """The analysis steps from the command line with a ResNet as ``teacher.model``: the reduce step reports the
+    minimum as a stage, the figure renders; the distillation side refuses a CNN teacher in one line."""
+    params = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    params["teacher"]["model"] = SPEC
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    p = ("--params", str(tmp_path / "p.yaml"))
+    data, manifest, acts = (str(tmp_path / n) for n in ("data.npz", "m.parquet", "t.npz"))
+    run_step("generate-data", *p, "--out", data, check=True)
+    run_step("sample", *p, "--data", data, "--out", manifest, check=True)
+    run_step("extract", *p, "--data", data, "--manifest", manifest, "--out", acts, check=True)
+    assert ActivationsFile(acts).layer_kind == "stage"
+    reduced = run_step("reduce", *p, "--activations", acts, "--out", str(tmp_path / "r.parquet"),
+                       "--summary", str(tmp_path / "s.parquet"), check=True)
+    assert "entropy minimum at stage " in reduced.stdout
+    run_step("figures", *p, "--figure", "entropy", "--reductions", str(tmp_path / "r.parquet"),
+             "--out", str(tmp_path / "entropy.pdf"), check=True)
+    assert (tmp_path / "entropy.png").stat().st_size > 0
+    refused = run_step("teacher-cache", *p, "--data", data, "--out", str(tmp_path / "cache.safetensors"))
+    assert_one_line_error(refused, "model 'resnet10t' has no 'blocks' (a CNN: only its analysis is supported, "
+                                   "distillation needs a ViT)")
+    assert not (tmp_path / "cache.safetensors").exists()
