@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from pipeline_steps.errors import UserError
 
-__all__ = ["check_input_size", "check_num_classes", "forward_with_features", "intermediate_indices", "kind_of_layer_names",
-           "layer_kind", "layer_names", "model_arch", "num_blocks", "num_layers", "order_features", "resolve_layers"]
+__all__ = ["check_input_size", "check_num_classes", "forward_with_features", "intermediate_indices",
+           "kind_of_layer_names", "layer_kind", "layer_names", "model_arch", "num_blocks", "num_layers",
+           "order_features", "resolve_layers"]
 
 #: A ``feature_info`` module that is a residual stage of a ResNet (``layer1`` .. ``layer4``).
 _STAGE_MODULE = re.compile(r"^layer\d+$")
@@ -42,12 +43,9 @@ def _stage_offset(model: torch.nn.Module) -> int | None:
     if not isinstance(info, (list, tuple)) or not info:
         return None
     modules = [str(entry.get("module", "")) if isinstance(entry, dict) else "" for entry in info]
+    # The enumeration checked (timm 1.0's ResNet.forward_intermediates): the stem, then layer1..layer4.
     stages = [bool(_STAGE_MODULE.match(m)) for m in modules]
-    if True not in stages:
-        return None
-    first = stages.index(True)
-    # Stages must be the contiguous tail: anything after them would shift the indices of timm's enumeration.
-    return first if all(stages[first:]) else None
+    return 1 if stages == [False, True, True, True, True] else None
 
 
 def layer_kind(model: torch.nn.Module) -> str:
