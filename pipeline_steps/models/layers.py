@@ -157,9 +157,10 @@ def check_input_size(model: torch.nn.Module, size: tuple[int, int], *, where: st
 
     timm's patch embedding asserts on a size mismatch deep in ``forward``; this check says which
     setting to change instead. Models built with ``dynamic_img_size`` accept any multiple of the patch.
+    A model without a patch embedding (a ResNet) takes any size and is not checked.
 
     Args:
-        model: A timm ViT-style model.
+        model: A timm ViT-style model (or a ResNet).
         size: Image height and width.
         where: The params key to name in the message.
     """
