@@ -91,7 +91,7 @@ def test_spec_errors():
     with pytest.raises(UserError, match="source=file but model.weights.path is not set"):
         create_model({**vit_spec(), "weights": {"source": "file"}})
     with pytest.raises(UserError, match="no 'blocks'"):
-        create_model({"arch": "test_resnet"})
+        create_model({"arch": "test_byobnet"})  # a CNN, but not a ResNet (the only CNN the analysis takes)
 
 
 def test_safetensors_round_trip_with_spec_metadata(tmp_path):

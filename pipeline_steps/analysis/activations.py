@@ -3,10 +3,13 @@
 Activations follow method.md section 1: the raw output of each selected block of ``model.blocks``
 (``norm=False``), prefix tokens (CLS, distillation) removed, reshaped to ``[B, C, H, W]`` with token
 ``n`` of the patch grid at ``(h, w) = (n // W, n % W)``; eval mode, float32, no autocast, no grad.
+For a CNN (a timm ResNet) the layers are its residual stages (:mod:`pipeline_steps.models.layers`), whose
+raw outputs are already ``[B, C, H, W]``; its files carry ``meta["layer_kind"] = "stage"`` (a ViT's files
+have no ``layer_kind`` key: absent means ``"block"``, so they are byte-identical to those of before).
 
 The artifact is one uncompressed ``.npz`` (``numpy.load`` reads it as is)::
 
-    layer_00, layer_01, ...   float32 [B, C, H, W], one array per selected block, named by block index
+    layer_00, layer_01, ...   float32 [B, C, H, W], one array per selected layer, named by layer index
     meta                      0-d unicode array holding JSON (see :func:`write_activations`)
 
 It is written streaming (memory independent of the number of images): each layer goes batch by batch
@@ -34,16 +37,18 @@ import torch
 
 from pipeline_steps.artifacts import atomic_path, temporary_directory_beside
 from pipeline_steps.errors import UserError, one_line
-from pipeline_steps.models.layers import layer_names, model_arch, num_blocks
+from pipeline_steps.models.layers import intermediate_indices, layer_kind, layer_names, model_arch, num_layers
 from pipeline_steps.models.weights import weights_hash
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "TOKEN_POLICY", "ActivationsFile", "array_name", "iter_activations",
-           "write_activations"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "STAGE_POLICY", "TOKEN_POLICY", "ActivationsFile", "array_name",
+           "iter_activations", "write_activations"]
 
 #: ``meta["format"]`` of files this module writes; anything else is refused by :class:`ActivationsFile`.
 FORMAT = "distillation-dynamics/activations"
 FORMAT_VERSION = 1
 TOKEN_POLICY = "prefix tokens removed; NCHW; raw block outputs, norm=False"
+#: ``meta["token_policy"]`` of a CNN's file: its stage outputs have no tokens to remove.
+STAGE_POLICY = "NCHW; raw stage outputs, norm=False"
 
 _META = "meta"
 #: A fixed member timestamp, so equal activations give byte-identical files (content-based rerun triggers).
@@ -86,6 +91,7 @@ def _iter_batches(model: torch.nn.Module, loader: Iterable, layers: list[int]
     device = params[0].device if params else torch.device("cpu")
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in params):
         raise ValueError("activations are defined in float32; convert the model with model.float()")
+    indices = intermediate_indices(model, layers)  # the layers themselves for a ViT; past the stem for a ResNet
     was_training = model.training
     model.eval()
     try:
@@ -96,7 +102,7 @@ def _iter_batches(model: torch.nn.Module, loader: Iterable, layers: list[int]
             with torch.inference_mode(), torch.autocast(device.type, enabled=False):
                 x = x.to(device=device, dtype=torch.float32)
                 # stop_early: with intermediates_only the blocks after the last selected one are unused.
-                outs = model.forward_intermediates(x, indices=layers, norm=False, output_fmt="NCHW",
+                outs = model.forward_intermediates(x, indices=indices, norm=False, output_fmt="NCHW",
                                                    intermediates_only=True, stop_early=True)
             if len(outs) != len(layers) or any(o.ndim != 4 for o in outs):
                 raise RuntimeError(f"forward_intermediates of '{model_arch(model)}' returned "
@@ -109,17 +115,19 @@ def _iter_batches(model: torch.nn.Module, loader: Iterable, layers: list[int]
 
 def iter_activations(model: torch.nn.Module, loader: Iterable, layers: Iterable[int]
                      ) -> Iterator[list[torch.Tensor]]:
-    """Yield, per batch, the selected blocks' raw outputs as ``[b, C, H, W]`` float32 tensors.
+    """Yield, per batch, the selected layers' (blocks' or stages') raw outputs as ``[b, C, H, W]`` float32
+    tensors.
 
     Calls ``model.forward_intermediates(x, indices=layers, norm=False, output_fmt="NCHW",
     intermediates_only=True)`` (timm >= 1.0.3) under ``eval()``, ``torch.inference_mode()`` and with
-    autocast disabled; timm removes the prefix tokens. The model's previous train/eval mode is
+    autocast disabled; timm removes the prefix tokens. For a ResNet the indices are shifted past the stem
+    (:func:`pipeline_steps.models.layers.intermediate_indices`). The model's previous train/eval mode is
     restored when the iterator finishes.
 
     Args:
-        model: A float32 timm ViT-style model (see :func:`pipeline_steps.models.create_model`).
+        model: A float32 timm ViT-style model or ResNet (see :func:`pipeline_steps.models.create_model`).
         loader: Iterable of batches: an image tensor ``[b, 3, H, W]`` or ``(images, labels, ...)``.
-        layers: 0-based block indices in ascending order (:func:`pipeline_steps.models.resolve_layers`);
+        layers: 0-based layer indices in ascending order (:func:`pipeline_steps.models.resolve_layers`);
             the tensors come in that order.
 
     Yields:
@@ -185,7 +193,7 @@ class _NpyAppender:
 
 def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: Iterable, layers: Iterable[int],
                       meta: Mapping[str, Any] | None = None) -> dict:
-    """Run ``model`` over ``loader`` and write the selected blocks' activations as one NPZ, atomically.
+    """Run ``model`` over ``loader`` and write the selected layers' activations as one NPZ, atomically.
 
     Memory does not grow with the number of images: each batch is appended to per-layer ``.npy``
     files in a temporary directory beside ``path`` (plain writes: a writable memory map would keep
@@ -199,14 +207,15 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
         model: A float32 timm ViT-style model.
         loader: Batches ``(images, labels)`` or images, in a fixed order (no shuffling); a DataLoader
             over a sized dataset, or give ``meta["n_images"]``.
-        layers: Ascending 0-based block indices (:func:`pipeline_steps.models.resolve_layers`).
+        layers: Ascending 0-based layer (block or stage) indices (:func:`pipeline_steps.models.resolve_layers`).
         meta: Caller's provenance, stored as is: typically ``model`` (the params spec: arch, kwargs,
             weights source/tag/path/seed), ``manifest_hash``, ``image_ids`` and ``labels``. If
             ``labels`` is given it must equal the labels the loader yields.
 
     Returns:
         The stored meta: the caller's keys plus ``format``, ``format_version``, ``arrays``,
-        ``layer_indices``, ``layer_names``, ``n_blocks``, ``shapes``, ``token_policy``,
+        ``layer_indices``, ``layer_names``, ``n_blocks`` (the number of layers: blocks, or stages),
+        ``shapes``, ``token_policy``, ``layer_kind`` (only for a CNN: ``"stage"``),
         ``prefix_tokens_removed``, ``dtype``, ``n_images``, ``labels`` (from the loader when not
         given), ``weights_hash``, ``device`` and ``timm_version``/``torch_version``/``numpy_version``.
 
@@ -221,7 +230,8 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
     layers = [int(i) for i in layers]
     if layers != sorted(set(layers)):
         raise ValueError(f"layers must be ascending and unique (use models.resolve_layers); got {layers}")
-    n_blocks = num_blocks(model)
+    kind = layer_kind(model)
+    n_blocks = num_layers(model)
     names = [array_name(i, n_blocks) for i in layers]
     total = _n_images(loader, meta)
     if total < 1:
@@ -275,11 +285,14 @@ def write_activations(path: str | os.PathLike, model: torch.nn.Module, loader: I
             meta.update(
                 format=FORMAT, format_version=FORMAT_VERSION, arrays=names, layer_indices=layers,
                 layer_names=layer_names(model, layers), n_blocks=n_blocks, shapes=shapes,
-                token_policy=TOKEN_POLICY, prefix_tokens_removed=_prefix_tokens_in_blocks(model), dtype="float32",
+                token_policy=TOKEN_POLICY if kind == "block" else STAGE_POLICY,
+                prefix_tokens_removed=_prefix_tokens_in_blocks(model), dtype="float32",
                 n_images=total, weights_hash=weights_hash(model),
                 device=str(params[0].device) if params else "cpu",
                 timm_version=timm.__version__, torch_version=torch.__version__, numpy_version=np.__version__,
             )
+            if kind != "block":
+                meta["layer_kind"] = kind  # only for stage models: a ViT's meta stays as it was
             with atomic_path(path) as tmp:
                 _assemble(tmp, parts, names, meta)
         finally:
@@ -316,6 +329,9 @@ def _check_meta(meta: dict, path: Path) -> None:
         raise UserError(f"{path}: activations metadata lacks key 'model.arch'; {fix}")
     if not isinstance(meta.get("weights_hash"), str):
         raise UserError(f"{path}: activations metadata lacks key 'weights_hash'; {fix}")
+    if meta.get("layer_kind", "block") not in ("block", "stage"):
+        raise UserError(f"{path}: activations metadata 'layer_kind' is {meta['layer_kind']!r}, not \"block\" or "
+                        f"\"stage\"; {fix}")
 
 
 class ActivationsFile:
@@ -417,8 +433,13 @@ class ActivationsFile:
 
     @property
     def layer_indices(self) -> list[int]:
-        """0-based block index of each array, in :attr:`layers` order."""
+        """0-based layer (block or stage) index of each array, in :attr:`layers` order."""
         return list(self.meta["layer_indices"])
+
+    @property
+    def layer_kind(self) -> str:
+        """``"block"`` (a ViT's layers; files without the key) or ``"stage"`` (a CNN's)."""
+        return str(self.meta.get("layer_kind", "block"))
 
     def shape(self, layer: int | str) -> tuple[int, ...]:
         """``(B, C, H, W)`` of one layer, from its header (no data read)."""

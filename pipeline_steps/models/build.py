@@ -1,4 +1,4 @@
-"""Building the analysed and trained Vision Transformers from one spec.
+"""Building the analysed and trained models (Vision Transformers; a ResNet for the analysis only) from one spec.
 
 Every model is a timm model built from the ``$defs/model`` dict of ``params.yaml``::
 
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Any, Mapping
 
 import torch
 
 from pipeline_steps.errors import UserError, one_line
-from pipeline_steps.models.layers import num_blocks
+from pipeline_steps.models.layers import layer_kind, num_blocks, num_layers
 from pipeline_steps.models.weights import load_weights
 
 __all__ = ["create_model", "describe_model", "model_depth"]
@@ -169,9 +170,15 @@ def _check_model(model: torch.nn.Module, arch: str) -> None:
         raise UserError(f"model '{arch}' has no forward_intermediates in timm {_timm_version()}; "
                         "use a ViT-style timm model (vit_*, deit_*, cait_*) or upgrade timm (>= 1.0.3)")
     blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        try:
+            layer_kind(model)  # a CNN's residual stages (a ResNet) can be analysed
+            return
+        except UserError:
+            pass
     if not isinstance(blocks, (torch.nn.Sequential, torch.nn.ModuleList)):
-        raise UserError(f"model '{arch}' has no 'blocks' sequence of transformer blocks; the analysis needs a "
-                        "plain ViT-style model (vit_*, deit_*, cait_*, eva_*, ...)")
+        raise UserError(f"model '{arch}' has no 'blocks' sequence of transformer blocks nor residual stages; the "
+                        "analysis needs a plain ViT-style model (vit_*, deit_*, cait_*, eva_*, ...) or a ResNet")
 
 
 def _timm_version() -> str:
@@ -182,11 +189,11 @@ def _timm_version() -> str:
 
 #: timm architecture prefix -> the family name figures print.
 _FAMILY_NAMES = {"vit": "ViT", "deit": "DeiT", "deit3": "DeiT-III", "cait": "CaiT", "beit": "BEiT", "eva": "EVA",
-                 "eva02": "EVA-02", "flexivit": "FlexiViT", "xcit": "XCiT", "swin": "Swin"}
+                 "eva02": "EVA-02", "flexivit": "FlexiViT", "xcit": "XCiT", "swin": "Swin", "resnet": "ResNet"}
 
 
 def describe_model(spec: Mapping[str, Any]) -> str:
-    """The model as configured, for figure titles: ``"ViT, 12 blocks, width 128, patch 8"``.
+    """The model as configured, for figure titles: ``"ViT, 12 blocks, width 128, patch 8"``, ``"ResNet, 4 stages"``.
 
     The timm name alone misleads once ``kwargs`` override its defaults (``vit_tiny_patch16_224`` with
     ``depth: 6, patch_size: 8``), so the numbers come from the model built from ``arch`` + ``kwargs``, on
@@ -196,8 +203,8 @@ def describe_model(spec: Mapping[str, Any]) -> str:
         spec: A params model spec (``arch``, ``kwargs``; ``weights`` is ignored).
 
     Returns:
-        Family, number of blocks (:func:`num_blocks`), embedding width and patch size; the parts the model
-        does not have are left out.
+        Family, number of blocks (:func:`num_blocks`) or of a CNN's stages (:func:`num_layers`), embedding
+        width and patch size; the parts the model does not have are left out.
 
     Raises:
         UserError: Unknown architecture or kwargs it does not accept.
@@ -206,10 +213,18 @@ def describe_model(spec: Mapping[str, Any]) -> str:
     _check_arch(arch)
     with torch.device("meta"):
         model = _build(arch, kwargs, pretrained=False)
-    family = _FAMILY_NAMES.get(arch.split("_")[0], arch.split("_")[0])
+    prefix = arch.split("_")[0]
+    # "resnet18", "resnet10t": the family is the prefix without its depth.
+    family = _FAMILY_NAMES.get(prefix) or _FAMILY_NAMES.get(re.sub(r"\d.*$", "", prefix), prefix)
     parts = [family]
     if getattr(model, "blocks", None) is not None:
         parts.append(f"{len(model.blocks)} blocks")
+    else:
+        try:
+            if layer_kind(model) == "stage":
+                parts.append(f"{num_layers(model)} stages")
+        except UserError:
+            pass
     width = getattr(model, "embed_dim", None)
     if isinstance(width, int):
         parts.append(f"width {width}")

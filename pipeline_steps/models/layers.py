@@ -1,11 +1,22 @@
-"""A model's blocks: how many, which ones an analysis names, their features, and input checks.
+"""A model's layers: how many, which ones an analysis names, their features, and input checks.
 
-The "layers" of the analysis are the entries of ``model.blocks``, exactly what timm's
-``forward_intermediates`` enumerates (for CaiT the class-attention ``blocks_token_only`` are not layers).
+For a ViT-style model the "layers" of the analysis are the entries of ``model.blocks``, exactly what timm's
+``forward_intermediates`` enumerates (for CaiT the class-attention ``blocks_token_only`` are not layers);
+their kind is ``"block"``.
+
+For a timm ResNet (``timm.models.resnet.ResNet``: resnet*, resnext*, seresnet*, wide_resnet*, ...) the layers
+are its residual *stages*, kind ``"stage"``: the ``model.feature_info`` entries whose module is ``layer<N>``.
+Other CNNs are refused: each family enumerates ``forward_intermediates`` its own way (a stem at index 0 or
+not), and only ResNet's is checked here. ResNet's ``forward_intermediates`` indexes five feature maps, 0 being the
+stem (``act1``: conv-bn-act before the max-pool) and 1..4 ``layer1..layer4``; the stem is left out, as a
+ViT's patch embedding is, so analysis layer ``i`` (0-based) is ``forward_intermediates`` index
+``i + 1`` (:func:`intermediate_indices`). Only the analysis (extract, reduce, figures) takes stage models;
+distillation is ViT-only.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 import torch
@@ -13,61 +24,124 @@ from torch import Tensor, nn
 
 from pipeline_steps.errors import UserError
 
-__all__ = ["check_input_size", "check_num_classes", "forward_with_features", "layer_names", "model_arch",
-           "num_blocks", "order_features", "resolve_layers"]
+__all__ = ["check_input_size", "check_num_classes", "forward_with_features", "intermediate_indices",
+           "kind_of_layer_names", "layer_kind", "layer_names", "model_arch", "num_blocks", "num_layers",
+           "order_features", "resolve_layers"]
+
+#: A ``feature_info`` module that is a residual stage of a ResNet (``layer1`` .. ``layer4``).
+_STAGE_MODULE = re.compile(r"^layer\d+$")
+
+
+def _stage_offset(model: torch.nn.Module) -> int | None:
+    """For a timm ResNet: the ``forward_intermediates`` index of its first stage (1: index 0 is the stem);
+    ``None`` for any other model."""
+    from timm.models.resnet import ResNet
+
+    if getattr(model, "blocks", None) is not None or not isinstance(model, ResNet):
+        return None
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, (list, tuple)) or not info:
+        return None
+    modules = [str(entry.get("module", "")) if isinstance(entry, dict) else "" for entry in info]
+    # The enumeration checked (timm 1.0's ResNet.forward_intermediates): the stem, then layer1..layer4.
+    stages = [bool(_STAGE_MODULE.match(m)) for m in modules]
+    return 1 if stages == [False, True, True, True, True] else None
+
+
+def layer_kind(model: torch.nn.Module) -> str:
+    """``"block"`` for a ViT-style model (``model.blocks``), ``"stage"`` for a CNN's residual stages.
+
+    Raises:
+        UserError: The model has neither.
+    """
+    if getattr(model, "blocks", None) is not None:
+        return "block"
+    if _stage_offset(model) is not None:
+        return "stage"
+    raise UserError(f"model '{model_arch(model)}' has no 'blocks' and no residual stages in its feature_info; "
+                    "use a ViT-style timm model or a ResNet")
+
+
+def kind_of_layer_names(names: Iterable[str]) -> str:
+    """``"stage"`` when every name is a ResNet stage's module (``layer3``), else ``"block"``: the
+    layer kind of a reductions table, from its ``layer_name`` column (the table has no ``layer_kind``
+    column, so that a ViT's table keeps its bytes)."""
+    names = [str(n) for n in names]
+    return "stage" if names and all(_STAGE_MODULE.match(n) for n in names) else "block"
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    """Number of analysable layers: the blocks of a ViT (:func:`num_blocks`) or the stages of a CNN."""
+    if layer_kind(model) == "block":
+        return num_blocks(model)
+    return len(model.feature_info) - _stage_offset(model)
+
+
+def intermediate_indices(model: torch.nn.Module, indices: Iterable[int]) -> list[int]:
+    """The ``forward_intermediates`` indices of the 0-based analysis layers ``indices`` (the same for a ViT;
+    shifted past the stem for a ResNet)."""
+    offset = 0 if layer_kind(model) == "block" else _stage_offset(model)
+    return [int(i) + offset for i in indices]
 
 
 def num_blocks(model: torch.nn.Module) -> int:
-    """Number of analysable layers: ``len(model.blocks)``, the blocks ``forward_intermediates`` indexes.
+    """Number of blocks of a ViT-style model: ``len(model.blocks)``, the blocks ``forward_intermediates`` indexes.
 
-    CaiT's class-attention ``blocks_token_only`` are not counted (method.md section 1).
+    CaiT's class-attention ``blocks_token_only`` are not counted (method.md section 1). Distillation needs
+    blocks; the analysis also takes a CNN's stages (:func:`num_layers`).
     """
     blocks = getattr(model, "blocks", None)
     if blocks is None:
-        raise UserError(f"model '{model_arch(model)}' has no 'blocks'; use a ViT-style timm model")
+        stages = " (a CNN: only its analysis is supported, distillation needs a ViT)" \
+            if _stage_offset(model) is not None else ""
+        raise UserError(f"model '{model_arch(model)}' has no 'blocks'{stages}; use a ViT-style timm model")
     return len(blocks)
 
 
 def resolve_layers(model: torch.nn.Module, layers: str | Iterable[int]) -> list[int]:
-    """The 0-based block indices ``analysis.layers`` selects, sorted ascending.
+    """The 0-based layer (block or stage) indices ``analysis.layers`` selects, sorted ascending.
 
-    Sorted because ``forward_intermediates`` returns intermediates in block order whatever the order
-    of ``indices``; keeping both the same makes array names line up with the blocks by construction.
+    Sorted because ``forward_intermediates`` returns intermediates in layer order whatever the order
+    of ``indices``; keeping both the same makes array names line up with the layers by construction.
 
     Args:
-        model: The model (its block count bounds the indices).
-        layers: ``"all"`` or a list of 0-based block indices.
+        model: The model (its block or stage count bounds the indices).
+        layers: ``"all"`` or a list of 0-based layer indices.
 
     Raises:
         UserError: An index out of range, a repeated index, or a value that is not an integer.
     """
-    n = num_blocks(model)
+    kind = layer_kind(model)
+    n = num_layers(model)
     if isinstance(layers, str):
         if layers != "all":
-            raise UserError(f"analysis.layers is '{layers}'; use \"all\" or a list of 0-based block indices")
+            raise UserError(f"analysis.layers is '{layers}'; use \"all\" or a list of 0-based {kind} indices")
         return list(range(n))
     out: list[int] = []
     for i in layers:
         if isinstance(i, bool) or not isinstance(i, int):
-            raise UserError(f"analysis.layers contains {i!r}, not an integer; use 0-based block indices")
+            raise UserError(f"analysis.layers contains {i!r}, not an integer; use 0-based {kind} indices")
         if not 0 <= i < n:
-            raise UserError(f"analysis.layers contains {i} but the model has {n} blocks (valid 0..{n - 1})")
+            raise UserError(f"analysis.layers contains {i} but the model has {n} {kind}s (valid 0..{n - 1})")
         if i in out:
-            raise UserError(f"analysis.layers contains {i} twice; list each block once")
+            raise UserError(f"analysis.layers contains {i} twice; list each {kind} once")
         out.append(i)
     if not out:
-        raise UserError("analysis.layers is empty; use \"all\" or a non-empty list of block indices")
+        raise UserError(f"analysis.layers is empty; use \"all\" or a non-empty list of {kind} indices")
     return sorted(out)
 
 
 def layer_names(model: torch.nn.Module, indices: Iterable[int]) -> list[str]:
-    """Module names of the selected blocks, e.g. ``["blocks.0", "blocks.5"]``."""
-    n = num_blocks(model)
+    """Module names of the selected layers: ``["blocks.0", "blocks.5"]`` for a ViT, the ``feature_info``
+    modules (``["layer1", "layer4"]``) for a ResNet."""
+    kind = layer_kind(model)
+    n = num_layers(model)
     names = []
     for i in indices:
         if not 0 <= i < n:
-            raise UserError(f"layer index {i} is out of range: the model has {n} blocks (valid 0..{n - 1})")
-        names.append(f"blocks.{i}")
+            raise UserError(f"layer index {i} is out of range: the model has {n} {kind}s (valid 0..{n - 1})")
+        names.append(f"blocks.{i}" if kind == "block"
+                     else str(model.feature_info[_stage_offset(model) + i]["module"]))
     return names
 
 
@@ -83,9 +157,10 @@ def check_input_size(model: torch.nn.Module, size: tuple[int, int], *, where: st
 
     timm's patch embedding asserts on a size mismatch deep in ``forward``; this check says which
     setting to change instead. Models built with ``dynamic_img_size`` accept any multiple of the patch.
+    A model without a patch embedding (a ResNet) takes any size and is not checked.
 
     Args:
-        model: A timm ViT-style model.
+        model: A timm ViT-style model (or a ResNet).
         size: Image height and width.
         where: The params key to name in the message.
     """

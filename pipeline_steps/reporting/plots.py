@@ -4,7 +4,8 @@ All functions take the long-format reductions table (see :mod:`pipeline_steps.an
 the evolution step's tables, the same columns plus ``run_id``, or the authors' published tables read into
 that format by :func:`pipeline_steps.analysis.published.read_published_entropy`) and return a matplotlib ``Figure``;
 :func:`save_figure` writes it as PDF and PNG atomically.
-Layers are 1-based, as in the paper.
+Layers are 1-based, as in the paper. A CNN's layers are its stages (the table's ``layer_name`` says so:
+:func:`pipeline_steps.models.layers.kind_of_layer_names`); its axes and panel titles say "stage".
 """
 
 from __future__ import annotations
@@ -82,16 +83,26 @@ def profile(values: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.sort_values(["model", "checkpoint", "layer"])[["model", "checkpoint", "layer", "value"]]
 
 
-def _integer_layer_axis(ax: plt.Axes, n_layers: int) -> None:
+def _layer_word(values: pd.DataFrame) -> str:
+    """``"stage"`` for a CNN's table, ``"layer"`` otherwise (a ViT's blocks, or a table without names)."""
+    if "layer_name" not in values.columns:
+        return "layer"
+    from pipeline_steps.models.layers import kind_of_layer_names
+
+    return "stage" if kind_of_layer_names(values["layer_name"].dropna().unique()) == "stage" else "layer"
+
+
+def _integer_layer_axis(ax: plt.Axes, n_layers: int, word: str = "layer") -> None:
     step = 1 if n_layers <= 16 else 2
     ax.set_xticks(range(1, n_layers + 1, step))
     ax.set_xlim(0.5, n_layers + 0.5)
-    ax.set_xlabel("Layer")
+    ax.set_xlabel(word.capitalize())
 
 
 def figure_profile(values: pd.DataFrame, metric: str, title: str | None = None) -> plt.Figure:
     """Fig. 1 (entropy) / Fig. 2 (magnitude): the metric per layer, minimum marked."""
     prof = profile(values, metric)
+    word = _layer_word(values)
     with style():
         fig, ax = plt.subplots(figsize=(5.0, 3.2))
         groups = list(prof.groupby(["model", "checkpoint"], sort=False))
@@ -101,9 +112,9 @@ def figure_profile(values: pd.DataFrame, metric: str, title: str | None = None) 
             i = int(np.argmin(g["value"].to_numpy()))
             x, y = g["layer"].iloc[i], g["value"].iloc[i]
             ax.plot([x], [y], marker="o", ms=9, mfc="none", mec=line.get_color(), mew=1.2)
-            ax.annotate(f"min: layer {int(x)}", (x, y), textcoords="offset points", xytext=(8, 4),
+            ax.annotate(f"min: {word} {int(x)}", (x, y), textcoords="offset points", xytext=(8, 4),
                         ha="left", va="bottom", fontsize=8)
-        _integer_layer_axis(ax, int(prof["layer"].max()))
+        _integer_layer_axis(ax, int(prof["layer"].max()), word)
         ax.set_ylabel(METRIC_LABELS[metric])
         if title:
             ax.set_title(title)
@@ -188,6 +199,7 @@ def figure_spectra(values: pd.DataFrame, layers: Sequence[int], title: str | Non
     spectra = values[values["metric"] == "spectrum"]
     if spectra.empty:
         raise UserError("the reductions table has no 'spectrum' rows; re-run the reduce step")
+    word = _layer_word(values)
     ncols = 3
     nrows = int(np.ceil(len(layers) / ncols))
     with style():
@@ -197,7 +209,7 @@ def figure_spectra(values: pd.DataFrame, layers: Sequence[int], title: str | Non
             freq, s = _spectrum(spectra, layer)
             ax.plot(freq, s, color=f"C{i // 2}")
             phase = _phase(layer, layers)
-            ax.set_title(f"({chr(97 + i)}) layer {layer}" + (f" - {phase}" if phase else ""))
+            ax.set_title(f"({chr(97 + i)}) {word} {layer}" + (f" - {phase}" if phase else ""))
             ax.set_yscale("log" if shared_log else "linear")
         for ax in axes.flat[len(layers):]:
             ax.set_visible(False)
@@ -219,6 +231,7 @@ def figure_spectra_grid(values: pd.DataFrame, title: str | None = None, scale: s
     if spectra.empty:
         raise UserError("the reductions table has no 'spectrum' rows; re-run the reduce step")
     layers = sorted(spectra["layer"].unique())
+    word = _layer_word(values)
     ncols = min(6, len(layers))
     nrows = int(np.ceil(len(layers) / ncols))
     with style():
@@ -227,7 +240,7 @@ def figure_spectra_grid(values: pd.DataFrame, title: str | None = None, scale: s
         for ax, layer in zip(axes.flat, layers):
             freq, s = _spectrum(spectra, layer)
             ax.plot(freq, s, lw=1.0)
-            ax.set_title(f"layer {layer}", fontsize=8)
+            ax.set_title(f"{word} {layer}", fontsize=8)
             ax.set_yscale("log" if shared_log else "linear")
             ax.tick_params(labelsize=7)
         for ax in axes.flat[len(layers):]:

@@ -46,7 +46,10 @@ def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
                           range_policy=analysis["range_policy"], shape_tolerance=analysis["shape_tolerance"],
                           chunk_images=analysis["chunk_images"], model_label=args.model_label,
                           checkpoint=args.checkpoint, epoch=args.epoch)
+    from pipeline_steps.models.layers import kind_of_layer_names
+
     entropy = summary.set_index("metric").loc["entropy"]
-    print(f"{len(values)} rows -> {args.out}; entropy minimum at layer {entropy['argmin_layer']}, "
+    word = "stage" if kind_of_layer_names(values["layer_name"].unique()) == "stage" else "layer"
+    print(f"{len(values)} rows -> {args.out}; entropy minimum at {word} {entropy['argmin_layer']}, "
           f"drop {entropy['drop']:.3f}, rise {entropy['rise']:.3f}, shape: {entropy['shape']} "
           f"(tolerance {entropy['shape_tolerance']:g} bits)")
