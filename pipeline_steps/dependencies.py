@@ -8,7 +8,7 @@ functions included) through the package and returns the files reached. From this
 - the rule's ``--config-json`` (:func:`pipeline_steps.config.select` of the keys) and its ``params:``, so
   Snakemake's params trigger sees every value the step reads;
 - the rule's code inputs and a ``params: code=`` digest (:func:`code_digest`), so Snakemake re-runs a step
-  whose code changed (by content: the profiles' rerun triggers ignore file times);
+  whose code changed, decided by content (its params trigger), whatever the files' modification times;
 - dvc.yaml's ``deps`` and ``params`` per stage, checked against this table by ``tests/test_dependencies.py``
   (``python -m pipeline_steps.dependencies`` prints the expected lists);
 - the training runs' resume fingerprints (:func:`pipeline_steps.training.run_dir.run_fingerprint`).

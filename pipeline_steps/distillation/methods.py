@@ -20,7 +20,7 @@ Registered methods (docs/method.md section 5):
     paper's Eq. 8, ``MSE(Projector(A_s), A_t)``, with a LEARNABLE projector (``Linear(C_s, C_t)`` with
     bias, per token) and no BatchNorm. The teacher map is standardised per channel with batch statistics
     and NO learnable parameter (``target="raw"`` is the literal, un-normalised Eq. 8). The projector is
-    built in ``__init__``, so it is a parameter the optimizer and the checkpoint see. Why it is built so:
+    built in ``__init__``, so it is a parameter the optimizer and the resume state see. Why it is built so:
     see :class:`ProjectorKD`.
 ``projectorkd_released``
     The authors' released behaviour: the same seeded random projector, FROZEN, followed by a BatchNorm on
