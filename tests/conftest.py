@@ -190,6 +190,21 @@ def check_ok(*procs: subprocess.CompletedProcess) -> None:
         assert proc.returncode == 0, f"{' '.join(map(str, proc.args[:5]))} ... exited {proc.returncode}:\n{proc.stderr}"
 
 
+def small_sample(directory: Path) -> tuple[Path, "SyntheticDataset", Path, "pd.DataFrame"]:  # noqa: F821
+    """A tiny generated dataset (12 test images of 32 x 32) and a sample manifest of 3 of them in
+    ``directory``: ``(data.npz, its test split, manifest.parquet, the manifest's rows in feeding order)``."""
+    from pipeline_steps.data.datasets import SyntheticDataset
+    from pipeline_steps.data.manifest import read_manifest, sample_manifest
+    from pipeline_steps.data.synthetic import write_synthetic
+
+    data = write_synthetic(directory / "data.npz", num_classes=10, image_size=32, train_size=20, test_size=12,
+                           seed=0, progress=False)
+    test_set = SyntheticDataset(data, "test")
+    manifest = directory / "manifest.parquet"
+    sample_manifest(test_set, 3, "random", 5, "test", progress=False).to_parquet(manifest)
+    return data, test_set, manifest, read_manifest(manifest).sort_values("position")
+
+
 @pytest.fixture(scope="session")
 def kd(tmp_path_factory) -> KDWork:
     """The dataset (generated in-process) and a teacher trained on it (in-process, about a second)."""

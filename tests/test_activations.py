@@ -163,17 +163,11 @@ def test_reader_refuses_missing_and_foreign_files(tmp_path):
 def test_extract_run_end_to_end_and_image_size_error(tmp_path):
     """The extract step on a real generated dataset and sample manifest: images in manifest order, ids and
     labels recorded in that order, the same activations as a direct forward pass."""
-    from pipeline_steps.data.datasets import SyntheticDataset
-    from pipeline_steps.data.manifest import manifest_hash, read_manifest, sample_manifest
-    from pipeline_steps.data.synthetic import write_synthetic
+    from conftest import small_sample
+    from pipeline_steps.data.manifest import manifest_hash, read_manifest
     from pipeline_steps.steps import extract
 
-    data = write_synthetic(tmp_path / "data.npz", num_classes=10, image_size=32, train_size=20, test_size=12,
-                           seed=0, progress=False)
-    test_set = SyntheticDataset(data, "test")
-    manifest = tmp_path / "manifest.parquet"
-    sample_manifest(test_set, 3, "random", 5, "test", progress=False).to_parquet(manifest)
-    rows = read_manifest(manifest).sort_values("position")
+    data, test_set, manifest, rows = small_sample(tmp_path)
     params = {"dataset": {"kind": "synthetic"},
               "teacher": {"model": {"arch": "vit_tiny_patch16_224", "kwargs": dict(SMALL, depth=3),
                                     "weights": {"source": "random", "seed": 1}}}}

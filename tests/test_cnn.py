@@ -55,17 +55,10 @@ def test_resnet_extract_reduce_figure(tmp_path, resnet):
     """extract -> reduce -> figures for a ResNet, with exact shapes, names and values."""
     from pipeline_steps.analysis.extraction import extract_activations
     from pipeline_steps.analysis.reductions import reduce_activations
-    from pipeline_steps.data.datasets import SyntheticDataset
-    from pipeline_steps.data.manifest import read_manifest, sample_manifest
-    from pipeline_steps.data.synthetic import write_synthetic
+    from conftest import small_sample
     from pipeline_steps.reporting import plots
 
-    data = write_synthetic(tmp_path / "data.npz", num_classes=10, image_size=32, train_size=20, test_size=12,
-                           seed=0, progress=False)
-    test_set = SyntheticDataset(data, "test")
-    manifest = tmp_path / "manifest.parquet"
-    sample_manifest(test_set, 3, "random", 5, "test", progress=False).to_parquet(manifest)
-    rows = read_manifest(manifest).sort_values("position")
+    data, test_set, manifest, rows = small_sample(tmp_path)
     n_images = len(rows)
     out = tmp_path / "teacher.npz"
     meta = extract_activations(SPEC, out, dataset={"kind": "synthetic"}, manifest_path=manifest, batch_size=4,
