@@ -176,7 +176,7 @@ def test_imagefolder_order_ids_and_preprocessing(tmp_path):
     assert [(str(p), y) for p, y in zip(ds.paths, ds.labels)] == reference.samples
     # The analysis dataset for params with kind: imagefolder, split test = val_dir.
     params = validate_params({"dataset": {"kind": "imagefolder", "imagefolder": {"root": str(root)}}})
-    assert open_dataset(params, "test").ids == ds.ids
+    assert open_dataset(params["dataset"], "test").ids == ds.ids
 
 
 def _write_photo_like_tree(root):
@@ -207,8 +207,8 @@ def test_paper_preset_analysis_and_evaluation_transforms(tmp_path):
     root = _write_photo_like_tree(tmp_path / "imagenet")
     params = load_params([REPO / "configs" / "paper.yaml"])
     params["dataset"]["imagefolder"]["root"] = str(root)
-    analysis = open_dataset(params, "test")
-    evaluation = open_dataset(params, "test", preprocessing="evaluation")
+    analysis = open_dataset(params["dataset"], "test")
+    evaluation = open_dataset(params["dataset"], "test", preprocessing="evaluation")
     normalize = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     # The paper's analysis preprocessing, and DeiT's evaluation transform (datasets.build_transform with
     # is_train=False: Resize(int(224 / 0.875)) with interpolation 3 = bicubic, CenterCrop 224).
@@ -229,7 +229,7 @@ def test_paper_preset_analysis_and_evaluation_transforms(tmp_path):
     # Training (paper recipe: RandAugment, random erasing): timm's DeiT transform with the evaluation
     # transform's crop size, mean and std, and colour jitter 0.4 ...
     def training_steps(params: dict, **recipe_changes) -> list:
-        train_set = open_dataset(params, "train", preprocessing="evaluation")
+        train_set = open_dataset(params["dataset"], "train", preprocessing="evaluation")
         recipe = Recipe.from_params({**params["distill"]["train"], **recipe_changes})
         return training_view(train_set, recipe).transform.transforms
 

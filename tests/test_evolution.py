@@ -57,7 +57,7 @@ def work(tmp_path_factory):
     # The generate-data and sample steps' own functions (their CLIs are tested elsewhere).
     generate_data.run(work / "data.npz", num_classes=10, image_size=32, train_size=20, test_size=40, seed=0,
                       progress=False)
-    dataset = open_dataset(DATA, "test", synthetic_path=work / "data.npz")
+    dataset = open_dataset(DATA["dataset"], "test", synthetic_path=work / "data.npz")
     sample.run(work / "manifest.parquet", dataset, n_images=8, strategy="random", seed=0, split="test",
                progress=False)
     make_run(work / "runs" / RUN_ID)

@@ -54,7 +54,7 @@ def extract_activations(spec: Mapping[str, Any], out: str | os.PathLike, *, data
         if len(splits) != 1:
             raise UserError(f"sample manifest {manifest_path} mixes splits {splits}; use a manifest of one split")
         split = splits[0]
-    images = ManifestDataset(open_dataset({"dataset": dataset}, split, synthetic_path=synthetic_path), manifest)
+    images = ManifestDataset(open_dataset(dataset, split, synthetic_path=synthetic_path), manifest)
 
     model = create_model(spec, weights_path=weights_path)
     try:

@@ -265,12 +265,13 @@ class ImageFolderDataset(Dataset):
 _PREPROCESSING_KEYS = {"analysis": "preprocess", "evaluation": "eval_preprocess"}
 
 
-def open_dataset(params: Mapping[str, Any], split: str, *, synthetic_path: str | os.PathLike = SYNTHETIC_PATH,
+def open_dataset(dataset: Mapping[str, Any], split: str, *, synthetic_path: str | os.PathLike = SYNTHETIC_PATH,
                  preprocessing: str = "analysis") -> SyntheticDataset | ImageFolderDataset:
-    """The dataset named by ``params["dataset"]`` (a validated config).
+    """The dataset a validated ``dataset`` params section names.
 
     Args:
-        params: The validated config.
+        dataset: The ``dataset`` section of a validated config (``kind``, ``synthetic``, ``imagefolder``,
+            ``preprocess``, ``eval_preprocess``).
         split: ``"train"`` or ``"test"`` (for imagefolder data: ``train_dir`` or ``val_dir``).
         synthetic_path: The generated NPZ, for ``dataset.kind: synthetic``.
         preprocessing: Which transform imagefolder images get: ``"analysis"`` (``dataset.preprocess``, the
@@ -281,15 +282,14 @@ def open_dataset(params: Mapping[str, Any], split: str, *, synthetic_path: str |
     split_index(split)
     if preprocessing not in _PREPROCESSING_KEYS:
         raise ValueError(f"preprocessing must be one of {sorted(_PREPROCESSING_KEYS)}, got {preprocessing!r}")
-    ds = params["dataset"]
-    if ds["kind"] == "synthetic":
+    if dataset["kind"] == "synthetic":
         return SyntheticDataset(synthetic_path, split)
-    if ds["kind"] == "imagefolder":
-        folder = ds["imagefolder"]
+    if dataset["kind"] == "imagefolder":
+        folder = dataset["imagefolder"]
         if not folder.get("root"):
             raise UserError("dataset.kind is 'imagefolder' but dataset.imagefolder.root is not set; set it to "
                             "your ImageNet-style directory")
         split_dir = folder.get("train_dir", "train") if split == "train" else folder.get("val_dir", "val")
         key = _PREPROCESSING_KEYS[preprocessing]
-        return ImageFolderDataset(folder["root"], split_dir, ds[key], key=f"dataset.{key}")
-    raise UserError(f"unknown dataset.kind '{ds['kind']}'; use synthetic or imagefolder")
+        return ImageFolderDataset(folder["root"], split_dir, dataset[key], key=f"dataset.{key}")
+    raise UserError(f"unknown dataset.kind '{dataset['kind']}'; use synthetic or imagefolder")

@@ -63,8 +63,8 @@ def run(grid_run: DistillRun, out_dir: str | os.PathLike, *, teacher: Mapping[st
     from pipeline_steps.training.loop import train
     from pipeline_steps.training.teacher_targets import TeacherTargets, read_teacher_cache
 
-    train_set = open_dataset({"dataset": dataset}, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
-    test_set = open_dataset({"dataset": dataset}, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
+    train_set = open_dataset(dataset, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
+    test_set = open_dataset(dataset, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
     teacher_model = create_model(teacher, weights_path=teacher_weights)
     student_model = create_model(student)
     check_num_classes(student_model, len(train_set.classes), where="student.model.kwargs.num_classes")

@@ -59,6 +59,6 @@ def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
     from pipeline_steps.data.datasets import open_dataset
 
     settings = params["sample"]
-    dataset = open_dataset(params, settings["split"], synthetic_path=args.data)
+    dataset = open_dataset(params["dataset"], settings["split"], synthetic_path=args.data)
     run(args.out, dataset, n_images=settings["n_images"], strategy=settings["strategy"], seed=settings["seed"],
         split=settings["split"])

@@ -42,7 +42,7 @@ def run(out: str | os.PathLike, *, teacher: Mapping[str, Any], student: Mapping[
 
     model = create_model(teacher, weights_path=teacher_weights)
     layers = grid_teacher_layers(runs, model_depth(student), num_blocks(model))
-    train_set = open_dataset({"dataset": dataset}, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
+    train_set = open_dataset(dataset, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
     write_teacher_cache(out, model, train_set, layers, device=device, progress=progress)
     return layers
 

@@ -44,8 +44,8 @@ def run(out_dir: str | Path, *, spec: Mapping[str, Any], recipe: "Recipe", datas
     if spec["weights"]["source"] != "train":
         raise UserError(f"teacher.model.weights.source is '{spec['weights']['source']}', not 'train'; "
                         "the train-teacher step only runs for a teacher trained by this pipeline")
-    train_set = open_dataset({"dataset": dataset}, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
-    test_set = open_dataset({"dataset": dataset}, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
+    train_set = open_dataset(dataset, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
+    test_set = open_dataset(dataset, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
     init = copy.deepcopy(dict(spec))
     init["weights"] = {"source": "random", "seed": recipe.seed, "tag": None, "path": None}
     model = create_model(init)
