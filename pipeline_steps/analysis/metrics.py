@@ -205,7 +205,7 @@ def _bin_into(x: torch.Tensor, spec: _BinSpec, out_of_range: bool, counts: torch
 
 
 def _finish_counts(counts: torch.Tensor, spec: _BinSpec, out_of_range: bool, channels: int, pos: np.ndarray,
-                   values: np.ndarray, fast: np.ndarray, ws: _Workspace) -> np.ndarray:
+                   values: np.ndarray, fast: np.ndarray, ws: _Workspace, per_image: bool = False) -> np.ndarray:
     """Move the candidates to numpy's bins, then count the counts.
 
     Entropy needs only ``G[n]``, the number of (vector, bin) pairs holding exactly ``n`` values: the sum
@@ -221,9 +221,11 @@ def _finish_counts(counts: torch.Tensor, spec: _BinSpec, out_of_range: bool, cha
         values: Their values.
         fast: Their fast bins, as counted.
         ws: Scratch buffers.
+        per_image: Count each image's vectors apart.
 
     Returns:
-        ``G`` as int64 ``[C + 1]``; ``G[0]`` is 0 (empty bins carry no entropy).
+        ``G`` as int64 ``[C + 1]`` (``[b, C + 1]`` per image, whose sum over images is exactly the ``G`` of the
+        whole chunk); ``G[..., 0]`` is 0 (empty bins carry no entropy).
     """
     b, n, _ = counts.shape
     if pos.size:
@@ -234,10 +236,25 @@ def _finish_counts(counts: torch.Tensor, spec: _BinSpec, out_of_range: bool, cha
             view = counts.numpy()
             np.subtract.at(view, (image, token, fast[moved]), 1)
             np.add.at(view, (image, token, exact[moved]), 1)
+    if per_image:
+        return _per_image_counts(counts, spec, out_of_range, channels)
     g = _bincount_interleaved(counts, channels + 1, ws)
     if out_of_range:  # remove the column of dropped values
         g -= torch.bincount(counts[:, :, spec.bins].reshape(-1), minlength=channels + 1).numpy()
     g[0] = 0
+    return g
+
+
+def _per_image_counts(counts: torch.Tensor, spec: _BinSpec, out_of_range: bool, channels: int) -> np.ndarray:
+    """:func:`_finish_counts`' ``G`` for each image: one bincount over keys offset by ``image * (C + 1)``."""
+    b = counts.shape[0]
+    size = channels + 1
+    offset = (torch.arange(b, dtype=torch.int64) * size).view(b, 1, 1)
+    g = torch.bincount((counts.to(torch.int64) + offset).view(-1), minlength=b * size).view(b, size).numpy()
+    if out_of_range:
+        dropped = counts[:, :, spec.bins].to(torch.int64) + offset.view(b, 1)
+        g = g - torch.bincount(dropped.view(-1), minlength=b * size).view(b, size).numpy()
+    g[:, 0] = 0
     return g
 
 
@@ -298,13 +315,13 @@ def _abs_sum(x: torch.Tensor, ws: _Workspace) -> float:
 
 @dataclasses.dataclass
 class _ChunkSums:
-    count_hist: np.ndarray | None = None  # G, int64 [C + 1]
+    count_hist: np.ndarray | None = None  # G, int64 [C + 1] ([b, C + 1] per image)
     spectrum: np.ndarray | None = None    # sum of |rfft|, float64 [C // 2 + 1]
     abs_sum: float = 0.0
 
 
 def _reduce_chunk(t: torch.Tensor, ws: _Workspace, *, spec: _BinSpec | None = None, out_of_range: bool = False,
-                  spectrum: bool = False, magnitude: bool = False) -> _ChunkSums:
+                  spectrum: bool = False, magnitude: bool = False, per_image: bool = False) -> _ChunkSums:
     """Sums of the requested metrics over a ``[b, C, H, W]`` chunk of one layer.
 
     The single implementation behind the one-shot functions and :class:`MetricAccumulator`. Works through
@@ -330,7 +347,7 @@ def _reduce_chunk(t: torch.Tensor, ws: _Workspace, *, spec: _BinSpec | None = No
             out.abs_sum += _abs_sum(x, ws)
     if spec is not None:
         pos, values, fast = (np.concatenate(parts) for parts in zip(*candidates))
-        out.count_hist = _finish_counts(counts, spec, out_of_range, c, pos, values, fast, ws)
+        out.count_hist = _finish_counts(counts, spec, out_of_range, c, pos, values, fast, ws, per_image)
     return out
 
 
@@ -434,9 +451,12 @@ class MetricAccumulator:
         ranges: One ``(lo, hi)`` entropy range per layer, e.g. from :meth:`RangeAccumulator.value_range`.
             Values are cast to the data's dtype; values outside a range are not counted (their share of
             ``p = h / C`` is simply missing, as with ``np.histogram(range=...)``).
+        per_image: Also keep each image's entropy (the mean over its tokens, same range) and mean ``|A|``:
+            ``B`` numbers per layer, for intervals over images. The layer values are unchanged by it.
     """
 
-    def __init__(self, n_layers: int, bins: int = 100, *, ranges: Sequence[tuple[float, float]] | np.ndarray):
+    def __init__(self, n_layers: int, bins: int = 100, *, ranges: Sequence[tuple[float, float]] | np.ndarray,
+                 per_image: bool = False):
         if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
             raise UserError(f"n_layers must be a positive integer, got {n_layers!r}")
         self.n_layers = int(n_layers)
@@ -454,6 +474,9 @@ class MetricAccumulator:
         self._spectrum: list[np.ndarray | None] = [None] * self.n_layers
         self._abs = [0.0] * self.n_layers
         self._elements = [0] * self.n_layers
+        self.per_image = bool(per_image)
+        self._image_entropy: list[list[np.ndarray]] = [[] for _ in range(self.n_layers)]
+        self._image_magnitude: list[list[np.ndarray]] = [[] for _ in range(self.n_layers)]
         self._ws = _Workspace()
 
     def update(self, layer: int, chunk: Any) -> None:
@@ -473,11 +496,17 @@ class MetricAccumulator:
                             "keep the [b, C, H, W] layout for every chunk")
         spec = _spec_for(self.ranges[layer], self.bins, self._dtype)
         sums = _reduce_chunk(t, self._ws, spec=spec, out_of_range=_out_of_range(t, spec), spectrum=True,
-                             magnitude=True)
+                             magnitude=True, per_image=self.per_image)
         if self._channels[layer] is None:  # first chunk of this layer, and a valid one
             self._channels[layer] = c
             self._count_hist[layer] = np.zeros(c + 1, dtype=np.int64)
             self._spectrum[layer] = np.zeros(c // 2 + 1)
+        if self.per_image:
+            tokens = t[0, 0].numel()
+            self._image_entropy[layer].append(sums.count_hist @ _entropy_table(c) / tokens)
+            self._image_magnitude[layer].append(
+                t.abs().sum(dim=tuple(range(1, t.dim())), dtype=torch.float64).numpy() / t[0].numel())
+            sums.count_hist = sums.count_hist.sum(0)
         self._count_hist[layer] += sums.count_hist
         self._spectrum[layer] += sums.spectrum
         self._abs[layer] += sums.abs_sum
@@ -491,7 +520,8 @@ class MetricAccumulator:
         Returns:
             Dict with ``"spectrum"`` (list of ``[C_l]`` float64 arrays, Eq. 1-2), ``"entropy"`` (``[L]``
             float64, bits, Eq. 3-5), ``"magnitude"`` (``[L]`` float64, Eq. 6), ``"n_images"`` (int, images
-            per layer) and ``"n_vectors"`` (list of int: image x token vectors per layer).
+            per layer) and ``"n_vectors"`` (list of int: image x token vectors per layer); with ``per_image``,
+            also ``"image_entropy"`` and ``"image_magnitude"`` (``[L, B]`` float64, images in the order fed).
 
         Raises:
             UserError: A layer was never fed, or layers saw different numbers of images.
@@ -502,7 +532,12 @@ class MetricAccumulator:
         if len(set(self._images)) != 1:
             raise UserError(f"layers saw different numbers of images ({self._images}); "
                             "feed every layer the same images")
+        per_image = {}
+        if self.per_image:
+            per_image = {"image_entropy": np.stack([np.concatenate(p) for p in self._image_entropy]),
+                         "image_magnitude": np.stack([np.concatenate(p) for p in self._image_magnitude])}
         return {
+            **per_image,
             "spectrum": [_spectrum_from_sums(s, c, n)
                          for s, c, n in zip(self._spectrum, self._channels, self._vectors)],
             "entropy": np.array([_entropy_from_counts(g, c, n)

@@ -129,10 +129,11 @@ def participation_ratio(acts: Any, scope: str = "image") -> np.ndarray:
         if scope == "dataset":
             x = x.reshape(1, -1, x.shape[2])
         x = x - x.mean(dim=1, keepdim=True)
-        cov = x.transpose(1, 2) @ x
-        # tr(S)^2 / tr(S^2) equals the eigenvalue form for symmetric S, without an eigendecomposition.
-        trace = torch.diagonal(cov, dim1=1, dim2=2).sum(-1)
-        frob2 = (cov * cov).sum(dim=(1, 2))
+        # tr(S)^2 / tr(S^2) equals the eigenvalue form for symmetric S, without an eigendecomposition; S = X^T X
+        # and the token Gram X X^T share their nonzero eigenvalues, so the smaller of the two serves.
+        gram = x.transpose(1, 2) @ x if x.shape[2] <= x.shape[1] else x @ x.transpose(1, 2)
+        trace = torch.diagonal(gram, dim1=1, dim2=2).sum(-1)
+        frob2 = (gram * gram).sum(dim=(1, 2))
         out[layer] = float((trace * trace / frob2).mean())
     return out
 
@@ -192,8 +193,23 @@ def _second_moment_basis(x: torch.Tensor, center: bool) -> tuple[torch.Tensor, t
     mu = z.mean(0)
     if center:
         m = m - torch.outer(mu, mu)
+    eigvals, eigvecs = _eigh_descending(m)
+    return eigvals, eigvecs, mu
+
+
+def _eigh_descending(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending) and eigenvectors (columns, same order) of a symmetric matrix."""
     eigvals, eigvecs = torch.linalg.eigh(m)
-    return eigvals.flip(0), eigvecs.flip(1), mu
+    return eigvals.flip(0), eigvecs.flip(1)
+
+
+def _shared_basis_ranks(x: torch.Tensor, v: torch.Tensor, energies: np.ndarray) -> np.ndarray:
+    """Per-image ranks of ``[B, N, C]`` token matrices in the basis ``v`` (:func:`shared_basis_rank`)."""
+    captured = torch.cumsum(((x @ v) ** 2).sum(1), -1)       # [B, C]: ||X_i V[:, :d]||^2 for d = 1..C
+    total = (x ** 2).sum(dim=(1, 2)).unsqueeze(-1)             # ||X_i||_F^2
+    ranks = _threshold_rank(captured / total.clamp_min(torch.finfo(torch.float64).tiny), energies)
+    ranks[total.squeeze(-1).numpy() == 0] = 0
+    return ranks
 
 
 def pca_dimension(acts: Any, energies: Sequence[float] = ENERGY_LEVELS, center: bool = False) -> np.ndarray:
@@ -258,9 +274,5 @@ def shared_basis_rank(acts: Any, energies: Sequence[float] = ENERGY_LEVELS, cent
         _, v, mu = _second_moment_basis(x, center)
         if center:
             x = x - mu
-        captured = torch.cumsum(((x @ v) ** 2).sum(1), -1)       # [B, C]: ||X_i V[:, :d]||^2 for d = 1..C
-        total = (x ** 2).sum(dim=(1, 2)).unsqueeze(-1)             # ||X_i||_F^2
-        ranks = _threshold_rank(captured / total.clamp_min(torch.finfo(torch.float64).tiny), e)
-        ranks[total.squeeze(-1).numpy() == 0] = 0
-        out.append(ranks)
+        out.append(_shared_basis_ranks(x, v, e))
     return np.stack(out)

@@ -65,21 +65,33 @@ def sep_curve(acts: Any, mode: str = "full") -> np.ndarray:
     t = as_acts(acts)
     curves = []
     for layer in range(t.shape[0]):
-        b, c = t.shape[1:3]
         if not bool(torch.isfinite(t[layer]).all()):
             raise UserError(f"layer {layer} holds NaN or inf; check the model and its inputs")
-        x = t[layer].to(torch.float64).reshape(b, c, -1).transpose(1, 2).reshape(-1, c)  # [tokens, C]
+        curve_sum, n_tokens = _sep_sums(t[layer], (mode,))[mode]
+        curves.append(curve_sum / n_tokens if n_tokens else np.full(curve_sum.shape, np.nan))
+    return np.stack(curves)
+
+
+def _sep_sums(layer_acts: torch.Tensor, modes: Sequence[str]) -> dict[str, tuple[np.ndarray, int]]:
+    """Per mode, the sum of the cumulative curves of the nonzero tokens of ``[B, C, H, W]`` and their number
+    (one FFT for all modes: the full spectrum of a real token is its one-sided spectrum mirrored)."""
+    b, c = layer_acts.shape[:2]
+    x = layer_acts.to(torch.float64).reshape(b, c, -1).transpose(1, 2).reshape(-1, c)  # [tokens, C]
+    half = torch.fft.rfft(x, dim=1).abs() ** 2
+    out = {}
+    for mode in modes:
         if mode == "full":
-            energy = torch.fft.fft(x, dim=1).abs() ** 2
+            k = torch.arange(c)
+            energy = half[:, torch.minimum(k, c - k)]
         else:
-            energy = torch.fft.rfft(x, dim=1).abs() ** 2
+            energy = half.clone()
             last = energy.shape[1] if c % 2 else energy.shape[1] - 1  # the Nyquist bin has no pair
             energy[:, 1:last] *= 2.0
         total = energy.sum(1, keepdim=True)
         keep = total.squeeze(1) > 0
         cum = torch.cumsum(energy[keep], 1) / total[keep]
-        curves.append(cum.mean(0).numpy() if keep.any() else np.full(energy.shape[1], np.nan))
-    return np.stack(curves)
+        out[mode] = (cum.sum(0).numpy(), int(keep.sum()))
+    return out
 
 
 def sep_bandwidth(acts: Any, ratios: Sequence[float] = SEP_RATIOS, mode: str = "full") -> np.ndarray:
@@ -103,12 +115,16 @@ def sep_bandwidth(acts: Any, ratios: Sequence[float] = SEP_RATIOS, mode: str = "
     r = np.asarray(ratios, dtype=np.float64)
     if r.ndim != 1 or r.size == 0 or not np.all((r > 0) & (r <= 1)):
         raise UserError(f"ratios must be a non-empty list of fractions in (0, 1], got {list(np.ravel(r))}")
-    curve = sep_curve(acts, mode)
+    return _bandwidth(sep_curve(acts, mode), r)
+
+
+def _bandwidth(curve: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    """``b_r`` of each row of ``[L, D]`` mean SEP curves (:func:`sep_bandwidth`); NaN for a NaN row."""
     d_total = curve.shape[1]
-    out = np.full((curve.shape[0], r.size), np.nan)
+    out = np.full((curve.shape[0], ratios.size), np.nan)
     for layer, row in enumerate(curve):
         if not np.isnan(row).any():
-            out[layer] = np.minimum(np.searchsorted(row, r, side="left") + 1, d_total) / d_total
+            out[layer] = np.minimum(np.searchsorted(row, ratios, side="left") + 1, d_total) / d_total
     return out
 
 
