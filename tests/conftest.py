@@ -190,8 +190,8 @@ def check_ok(*procs: subprocess.CompletedProcess) -> None:
         assert proc.returncode == 0, f"{' '.join(map(str, proc.args[:5]))} ... exited {proc.returncode}:\n{proc.stderr}"
 
 
-def small_sample(directory: Path) -> tuple[Path, "SyntheticDataset", Path, "pd.DataFrame"]:  # noqa: F821
-    """A tiny generated dataset (12 test images of 32 x 32) and a sample manifest of 3 of them in
+def small_sample(directory: Path, n_images: int = 3) -> tuple[Path, "SyntheticDataset", Path, "pd.DataFrame"]:  # noqa: F821
+    """A tiny generated dataset (12 test images of 32 x 32) and a sample manifest of ``n_images`` of them in
     ``directory``: ``(data.npz, its test split, manifest.parquet, the manifest's rows in feeding order)``."""
     from pipeline_steps.data.datasets import SyntheticDataset
     from pipeline_steps.data.manifest import read_manifest, sample_manifest
@@ -201,7 +201,7 @@ def small_sample(directory: Path) -> tuple[Path, "SyntheticDataset", Path, "pd.D
                            seed=0, progress=False)
     test_set = SyntheticDataset(data, "test")
     manifest = directory / "manifest.parquet"
-    sample_manifest(test_set, 3, "random", 5, "test", progress=False).to_parquet(manifest)
+    sample_manifest(test_set, n_images, "random", 5, "test", progress=False).to_parquet(manifest)
     return data, test_set, manifest, read_manifest(manifest).sort_values("position")
 
 

@@ -132,3 +132,37 @@ def test_steps_on_a_resnet_teacher(tmp_path):
     assert_one_line_error(refused, "model 'resnet10t' has no 'blocks' (a CNN: only its analysis is supported, "
                                    "distillation needs a ViT)")
     assert not (tmp_path / "cache.safetensors").exists()
+
+
+def test_statistics_beyond_entropy_on_resnet_stages(tmp_path):
+    """The statistics table of a ResNet: one stage at a time (each its own C and grid), each value that of the
+    one-shot function on that stage; CKA of the model with itself has a unit diagonal across stages of different
+    widths; stage 4's single token has no participation ratio (NaN) and its profile is left out of the summary."""
+    from conftest import small_sample
+    from pipeline_steps.analysis.extraction import extract_activations
+    from pipeline_steps.analysis.layer_statistics import layer_statistics, statistics_summary
+    from pipeline_steps.analysis.rank import effective_rank, participation_ratio, svd_energy_rank
+    from pipeline_steps.analysis.spectral import sep_bandwidth
+
+    data, _, manifest, _ = small_sample(tmp_path, n_images=6)
+    out = tmp_path / "teacher.npz"
+    extract_activations(SPEC, out, dataset={"kind": "synthetic"}, manifest_path=manifest, batch_size=4,
+                        synthetic_path=data)
+    table = layer_statistics(out, reference=out, bootstrap=100, chunk_images=2)
+    assert table.groupby("layer")["layer_name"].first().tolist() == STAGES
+    f = ActivationsFile(out)
+    for stage in range(4):
+        one = f.load(stage)[None]
+        at = table[table["layer"] == stage + 1].set_index(["metric", "level"])["value"]
+        np.testing.assert_allclose(at[("effective_rank", np.nan)], effective_rank(one)[0], rtol=1e-12)
+        np.testing.assert_allclose(at.xs("svd_rank_mean", level="metric").to_numpy(),
+                                   svd_energy_rank(one)[0].mean(0), rtol=1e-14)
+        np.testing.assert_array_equal(at.xs("sep_bandwidth_folded", level="metric").to_numpy(),
+                                      sep_bandwidth(one, mode="folded")[0])
+        if stage < 3:
+            np.testing.assert_allclose(at[("participation_ratio", np.nan)], participation_ratio(one)[0], rtol=1e-12)
+    assert np.isnan(table.query("metric == 'participation_ratio' and layer == 4")["value"]).all()
+    cka = table[table["metric"] == "cka"].pivot(index="teacher_layer", columns="layer", values="value")
+    np.testing.assert_allclose(np.diag(cka.to_numpy()), 1.0, rtol=1e-12)
+    summary = statistics_summary(table, 0.1)
+    assert "participation_ratio" not in set(summary["metric"]) and "entropy" in set(summary["metric"])

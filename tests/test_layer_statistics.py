@@ -188,3 +188,11 @@ def test_summary_reads_every_profile_and_round_trips(planted, tmp_path):
 def test_bad_settings_are_user_errors(planted, kwargs, message):
     with pytest.raises(UserError, match=message):
         layer_statistics(planted, **kwargs)
+
+
+def test_fewer_than_four_images_leave_cka_undefined_and_the_rest_defined(tmp_path):
+    student = _write(tmp_path / "s.npz", depth=2, n=3, seed=1)
+    teacher = _write(tmp_path / "t.npz", depth=2, n=3, seed=2)
+    table = layer_statistics(student, reference=teacher, bootstrap=10)
+    assert table.loc[table.metric == "cka", "value"].isna().all() and (table.metric == "cka").sum() == 4
+    assert table.loc[table.metric == "entropy", "value"].notna().all()

@@ -137,6 +137,7 @@ def layer_statistics(
     Args:
         npz_path: Written by the extract step.
         reference: Another activations file on the same images (the teacher's), for CKA rows; None for none.
+            With fewer than 4 images (the unbiased estimator's minimum) the CKA values are NaN.
         bins: Entropy histogram bins.
         range_policy: The entropy range, ``"global"`` or ``"per_layer"`` (``entropy_per_layer_range`` is always
             per layer).
@@ -304,7 +305,8 @@ def layer_statistics(
     if cka is not None:
         for j, features in enumerate(_token_means(ref, chunk_images)):
             cka.update_a(j, features)
-        matrix = cka.result()                              # [L_reference, L]
+        # The unbiased estimator needs 4 images; a smaller sample still gets every other statistic.
+        matrix = cka.result() if result["n_images"] >= 4 else np.full((len(ref.layers), n_layers), np.nan)
         ref_layers = [k + 1 for k in ref.meta["layer_indices"]]
         rows += [{"layer": i, "metric": "cka", "level": np.nan, "value": float(matrix[j, i]),
                   "teacher_layer": ref_layers[j]} for j in range(len(ref_layers)) for i in range(n_layers)]
