@@ -23,6 +23,7 @@ STEPS = {
     "distill": "distill",
     "extract": "extract",
     "reduce": "reduce",
+    "statistics": "statistics",
     "figures": "figures",
     "table1": "table1",
     "evolution": "evolution",

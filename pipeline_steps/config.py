@@ -22,7 +22,7 @@ from pipeline_steps.errors import UserError
 
 __all__ = ["FEATURE_METHODS", "METHOD_NAMES", "SCHEMA_PATH", "SYNTHETIC_PATH", "deep_merge", "distill_run",
            "distill_runs", "DistillRun", "evolution_panels", "layers_text", "load_params", "load_schema",
-           "read_yaml", "recipe_augments", "format_run_id", "run_name", "select", "single_run_params", "student_spec",
+           "read_yaml", "recipe_augments", "format_run_id", "run_name", "run_seed", "select", "single_run_params", "student_spec",
            "teacher_spec", "uses_teacher_cache", "validate_params"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +183,13 @@ def run_name(run_id: str) -> str:
     ``spectralkd_f1``."""
     name, sep, seed = str(run_id).rpartition("-s")
     return name if sep and seed.isdigit() else str(run_id)
+
+
+def run_seed(run_id: str) -> int | None:
+    """The seed of a run id (:func:`format_run_id` read back): ``spectralkd_f1-s0`` -> 0; None for another id
+    (the teacher's)."""
+    _, sep, seed = str(run_id).rpartition("-s")
+    return int(seed) if sep and seed.isdigit() else None
 
 
 def distill_runs(params: Mapping) -> list[DistillRun]:

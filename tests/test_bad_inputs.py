@@ -347,7 +347,8 @@ def test_non_utf8_index_and_params_non_mapping_params_and_non_object_config_json
     out = tmp_path / "out.parquet"
     evolution, params_latin1, params_list, json_list = run_all(
         step("evolution", "--run-dir", str(run_dir), "--manifest", str(work / "manifest.parquet"), "--data",
-             str(work / "data.npz"), "--out", str(out), "--summary", str(tmp_path / "summary.parquet")),
+             str(work / "data.npz"), "--out", str(out), "--summary", str(tmp_path / "summary.parquet"),
+             "--statistics", str(tmp_path / "statistics.parquet")),
         [*step("sample", "--data", str(work / "data.npz"), "--out", str(out)), "--params", str(latin1)],
         [*step("sample", "--data", str(work / "data.npz"), "--out", str(out)), "--params", str(a_list)],
         step("sample", "--data", str(work / "data.npz"), "--out", str(out), config='[{"sample": {"n_images": 4}}]'),

@@ -27,6 +27,7 @@ ARCH = "vit_tiny_patch16_224"
 EPOCHS = (0, 1, 2)
 BEST_EPOCH = 1  # best.safetensors holds epoch 1's weights, as the distill step writes it
 RUN_ID = "spectralkd_f1-s0"
+TEACHER_KWARGS = {**KWARGS, "embed_dim": 48, "depth": 4, "num_heads": 2}
 DATA = {"dataset": {"kind": "synthetic", "synthetic": {"train_size": 20, "test_size": 40, "seed": 0}}}
 ANALYSIS = {"batch_size": 3, "layers": "all", "bins": 100, "range_policy": "global", "chunk_images": 4,
             "shape_tolerance": 0.05}
@@ -61,20 +62,27 @@ def work(tmp_path_factory):
     sample.run(work / "manifest.parquet", dataset, n_images=8, strategy="random", seed=0, split="test",
                progress=False)
     make_run(work / "runs" / RUN_ID)
+    # The CKA reference: a deeper, wider random "teacher" on the same sample, through the extract step.
+    teacher = {"arch": ARCH, "kwargs": TEACHER_KWARGS, "weights": {"source": "random", "seed": 99}}
+    run_step("extract", "--config-json", json.dumps({**json.loads(CFG), "teacher": {"model": teacher}}),
+             "--manifest", str(work / "manifest.parquet"), "--data", str(work / "data.npz"),
+             "--out", str(work / "teacher.npz"), check=True)
     return work
 
 
-def evolution(work, run_dir, out_name: str = RUN_ID):
+def evolution(work, run_dir, out_name: str = RUN_ID, reference: Path | None = None):
     out, summary = work / "evolution" / f"{out_name}.parquet", work / "evolution" / f"{out_name}_summary.parquet"
+    statistics = work / "evolution" / f"{out_name}_statistics.parquet"
     proc = run_step("evolution", "--config-json", CFG, "--run-dir", str(run_dir),
                     "--manifest", str(work / "manifest.parquet"), "--data", str(work / "data.npz"),
-                    "--out", str(out), "--summary", str(summary))
+                    *(["--reference", str(reference)] if reference else []),
+                    "--out", str(out), "--summary", str(summary), "--statistics", str(statistics))
     return proc, out, summary
 
 
 @pytest.fixture(scope="module")
 def evolved(work):
-    proc, out, summary = evolution(work, work / "runs" / RUN_ID)
+    proc, out, summary = evolution(work, work / "runs" / RUN_ID, reference=work / "teacher.npz")
     assert proc.returncode == 0, proc.stderr
     return pd.read_parquet(out), pd.read_parquet(summary)
 
@@ -155,6 +163,36 @@ def test_best_checkpoint_is_analysed(evolved, work):
     assert doc["best"]["sha256"] == sha256_file(work / "runs" / RUN_ID / "best.safetensors")
 
 
+def test_statistics_of_every_checkpoint_with_cka_to_the_teacher(evolved, work):
+    """The statistics table: every checkpoint, CKA [teacher layers x student layers] to the reference, seed read
+    from the run id; each checkpoint's rows equal layer_statistics on that checkpoint's activations."""
+    from pipeline_steps.analysis.layer_statistics import layer_statistics, statistics_settings
+
+    stats = pd.read_parquet(work / "evolution" / f"{RUN_ID}_statistics.parquet")
+    assert set(stats["checkpoint"]) == {f"epoch_{e:04d}" for e in EPOCHS} | {"best"}
+    assert set(stats["run_id"]) == {RUN_ID} and set(stats["seed"]) == {0} and set(stats["n_images"]) == {8}
+    cka = stats[stats["metric"] == "cka"]
+    per_checkpoint = cka.groupby("checkpoint").apply(lambda g: (g["teacher_layer"].nunique(), g["layer"].nunique()))
+    assert set(per_checkpoint) == {(TEACHER_KWARGS["depth"], KWARGS["depth"])}
+    assert cka["value"].between(-0.1, 1.0 + 1e-9).all() and cka["value"].notna().all()
+    # The step's rows of epoch 1 are layer_statistics of epoch 1's activations (the extract step's file).
+    ckpt = work / "runs" / RUN_ID / "checkpoints/epoch_0001.safetensors"
+    model = {"arch": ARCH, "kwargs": KWARGS, "weights": {"source": "file", "path": str(ckpt)}}
+    acts = work / "epoch1.npz"
+    run_step("extract", "--config-json", json.dumps({**json.loads(CFG), "teacher": {"model": model}}),
+             "--manifest", str(work / "manifest.parquet"), "--data", str(work / "data.npz"), "--out", str(acts),
+             check=True)
+    analysis = {**ANALYSIS, "statistics": {"bootstrap": 1000, "bootstrap_seed": 0, "confidence": 0.95,
+                                           "massive_min_ratio": 1000, "massive_min_magnitude": 100}}
+    expected = layer_statistics(acts, reference=work / "teacher.npz", model_label=RUN_ID, seed=0,
+                                checkpoint="epoch_0001", epoch=1, **statistics_settings(analysis))
+    got = stats[stats["checkpoint"] == "epoch_0001"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    # The best checkpoint holds epoch 1's weights: the same numbers.
+    best = stats[stats["checkpoint"] == "best"].drop(columns="checkpoint").reset_index(drop=True)
+    pd.testing.assert_frame_equal(best, got.drop(columns="checkpoint"), check_exact=True)
+
+
 def _flip_last_byte(path: Path) -> None:
     """Tamper with a file so that its SHA-256 no longer matches the recorded one."""
     data = bytearray(path.read_bytes())
@@ -168,7 +206,7 @@ def test_best_sha_mismatch_is_a_one_line_error(work, tmp_path):
     _flip_last_byte(run_dir / "best.safetensors")
     proc, out, summary = evolution(tmp_path, run_dir, "softkd-s2")
     assert_one_line_error(proc, "best.safetensors (best checkpoint 1)", "SHA-256", "re-run the distill step")
-    assert not out.exists() and not summary.exists()
+    assert not out.exists() and not summary.exists() and not (tmp_path / "evolution").exists()
 
 
 def test_sha_mismatch_is_a_one_line_error_and_writes_nothing(work, tmp_path):
