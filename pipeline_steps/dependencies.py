@@ -38,6 +38,9 @@ ANALYSIS_DATA_PARAMS = ("dataset.kind", "dataset.synthetic", "dataset.imagefolde
 
 _FIGURE = ("teacher.name", "teacher.model", "figures.dpi", "figures.title")
 _GRID_RESULTS = ("distill.runs", "distill.seeds", "distill.beta", "distill.train.epochs")
+#: Figures of the distillation runs' statistics: panels per configuration, as Fig. 4.
+_GRID_FIGURE = ("teacher.model", "student.model", "figures.dpi", "figures.evolution_panels", "distill.runs",
+                "distill.seeds")
 
 
 @dataclass(frozen=True)
@@ -57,21 +60,30 @@ RULES: dict[str, RuleDependencies] = {
                                             "analysis.layers")),
     "reduce": RuleDependencies("reduce", ("teacher.name", "analysis.bins", "analysis.range_policy",
                                           "analysis.chunk_images", "analysis.shape_tolerance")),
+    "statistics": RuleDependencies("statistics", ("teacher.name", "analysis.bins", "analysis.range_policy",
+                                                  "analysis.chunk_images", "analysis.shape_tolerance",
+                                                  "analysis.statistics")),
     "fig_entropy": RuleDependencies("figures", _FIGURE),
     "fig_magnitude": RuleDependencies("figures", _FIGURE),
     "fig_spectra": RuleDependencies("figures", (*_FIGURE, "figures.spectra_layers", "figures.spectra_scale")),
     "fig_spectra_all": RuleDependencies("figures", (*_FIGURE, "figures.spectra_scale")),
+    "fig_robustness": RuleDependencies("figures", (*_FIGURE, "analysis.shape_tolerance")),
+    "teacher_evolution": RuleDependencies("evolution", (*ANALYSIS_DATA_PARAMS, "analysis")),
+    "fig_teacher_evolution": RuleDependencies("figures", (*_FIGURE, "analysis.shape_tolerance")),
     # Of the grid, only what decides which teacher blocks are cached (see common.smk's teacher_cache_config).
     "teacher_cache": RuleDependencies("teacher_cache", (*TRAINING_DATA_PARAMS, "teacher.model", "student.model",
                                                         "distill.runs", "distill.train.device")),
     "distill": RuleDependencies("distill", (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill")),
     "evolution": RuleDependencies("evolution", (*ANALYSIS_DATA_PARAMS, "analysis")),
-    "fig_evolution": RuleDependencies("figures", ("teacher.model", "student.model", "figures.dpi",
-                                                  "figures.evolution_panels", "distill.runs", "distill.seeds")),
+    "fig_evolution": RuleDependencies("figures", _GRID_FIGURE),
+    "fig_cka": RuleDependencies("figures", _GRID_FIGURE),
+    "fig_cka_match": RuleDependencies("figures", _GRID_FIGURE),
+    "fig_statistics": RuleDependencies("figures", _GRID_FIGURE),
     "table1": RuleDependencies("table1", _GRID_RESULTS),
     "fig_evolution_published": RuleDependencies("figures", ("figures.dpi",)),
     "table1_published": RuleDependencies("table1", ()),
-    "headline": RuleDependencies("headline", _GRID_RESULTS),
+    "headline": RuleDependencies("headline", (*_GRID_RESULTS, "analysis.statistics.massive_min_ratio",
+                                             "analysis.statistics.massive_min_magnitude")),
 }
 
 #: Rule name -> the params keys it reads (the view of :data:`RULES` the workflow uses).

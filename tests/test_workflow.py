@@ -33,12 +33,20 @@ SMOKE_OUTPUTS = [
     "results/activations/teacher.npz",
     "results/reductions/teacher.parquet",
     "results/reductions/teacher_summary.parquet",
+    "results/statistics/teacher.parquet",
+    "results/statistics/teacher_summary.parquet",
+    "results/teacher/checkpoints.json",
+    "results/teacher/evolution.parquet",
+    "results/teacher/evolution_summary.parquet",
+    "results/teacher/evolution_statistics.parquet",
     *[f"results/figures/{stem}.{ext}" for stem in ("fig1_entropy", "fig2_magnitude", "fig3_spectra",
-                                                    "fig3_spectra_all", "fig4_evolution") for ext in ("pdf", "png")],
+                                                    "fig3_spectra_all", "fig4_evolution", "fig5_cka",
+                                                    "fig6_cka_match", "fig7_statistics", "fig8_robustness",
+                                                    "fig9_teacher_evolution") for ext in ("pdf", "png")],
     "results/teacher/cache.safetensors",
     *[f"results/runs/{run}/{name}" for run in SMOKE_RUNS
       for name in ("model.safetensors", "log.txt", "checkpoints.json", "best.safetensors")],
-    *[f"results/evolution/{run}{suffix}.parquet" for run in SMOKE_RUNS for suffix in ("", "_summary")],
+    *[f"results/evolution/{run}{suffix}.parquet" for run in SMOKE_RUNS for suffix in ("", "_summary", "_statistics")],
     *[f"results/tables/table1.{ext}" for ext in ("csv", "md", "tex", "json")],
     "results/headline.md",
     # The authors' published data (reference/), drawn and tabulated by our code.
@@ -96,7 +104,7 @@ def planning_copy(tmp_path_factory) -> Path:
 #: Jobs `snakemake -n` plans in a fresh clone, per preset (None: params.yaml). The paper preset's Fig. 4 draws 4 of
 #: its 13 runs (figures.evolution_panels); the headline lists every run's final entropy profile, so all 13
 #: evolution jobs are planned.
-PLANNED_JOBS = {None: 40, "configs/smoke.yaml": 22, "configs/paper.yaml": 39}
+PLANNED_JOBS = {None: 47, "configs/smoke.yaml": 29, "configs/paper.yaml": 44}
 
 
 def planned_jobs(workdir: Path, *extra: str) -> int:
@@ -258,7 +266,8 @@ def test_snakemake_report_has_every_figure_with_its_caption(snakemake_run):
     sh(["snakemake", "--report", "results/report.html"], snakemake_run)
     html = (snakemake_run / "results/report.html").read_text()
     for name in ("fig1_entropy.png", "fig2_magnitude.png", "fig3_spectra.png", "fig4_evolution.png", "table1.csv",
-                 "paper_fig4_published.png", "table1_published.csv"):
+                 "fig5_cka.png", "fig6_cka_match.png", "fig7_statistics.png", "fig8_robustness.png",
+                 "fig9_teacher_evolution.png", "paper_fig4_published.png", "table1_published.csv"):
         assert name in html, name
     for caption in ("Fig. 1 - layer-wise Shannon entropy", "entropy evolution of the distilled students",
                     "Table 1 - test top-1", "per-checkpoint entropy tables the authors released",

@@ -39,3 +39,23 @@ rule reduce:
     shell:
         "{STEP} reduce --config-json {params.cfg:q} --activations {input.activations:q} --model-label {params.label:q} "
         "--out {output.values:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
+rule statistics:
+    message:
+        "Per-layer statistics beyond entropy of the teacher (intervals, ranks, SEP, massive activations)"
+    input:
+        activations=ACTIVATIONS,
+        code=step_code_of("statistics"),
+    output:
+        table=STATISTICS,
+        summary=STATISTICS_SUMMARY,
+    params:
+        code=code_digest_of("statistics"),
+        cfg=rule_config("statistics"),
+        label=TEACHER["name"],
+    log:
+        "results/logs/statistics.log",
+    shell:
+        "{STEP} statistics --config-json {params.cfg:q} --activations {input.activations:q} "
+        "--model-label {params.label:q} --out {output.table:q} --summary {output.summary:q} > {log:q} 2>&1"

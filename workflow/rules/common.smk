@@ -42,13 +42,16 @@ TEACHER_ENVIRONMENT = "results/teacher/environment.json"
 ACTIVATIONS = "results/activations/teacher.npz"
 REDUCTIONS = "results/reductions/teacher.parquet"
 SUMMARY = "results/reductions/teacher_summary.parquet"
+STATISTICS = "results/statistics/teacher.parquet"
+STATISTICS_SUMMARY = "results/statistics/teacher_summary.parquet"
 FIGURES = {
     "entropy": "results/figures/fig1_entropy",
     "magnitude": "results/figures/fig2_magnitude",
     "spectra": "results/figures/fig3_spectra",
     "spectra_all": "results/figures/fig3_spectra_all",
 }
-ANALYSIS_FIGURES = [f"{stem}.{ext}" for stem in FIGURES.values() for ext in ("pdf", "png")]
+FIG_ROBUSTNESS = "results/figures/fig8_robustness"
+ANALYSIS_FIGURES = [f"{stem}.{ext}" for stem in (*FIGURES.values(), FIG_ROBUSTNESS) for ext in ("pdf", "png")]
 
 
 def rule_config(rule_name):
@@ -64,16 +67,35 @@ def trained_teacher_weights(wildcards=None):
     return [TEACHER_WEIGHTS] if TEACHER["model"]["weights"]["source"] == "train" else []
 
 
+# The teacher's own training, analysed checkpoint by checkpoint (only when the pipeline trains it).
+TEACHER_CHECKPOINTS = "results/teacher/checkpoints.json"
+TEACHER_EVOLUTION = "results/teacher/evolution.parquet"
+TEACHER_EVOLUTION_SUMMARY = "results/teacher/evolution_summary.parquet"
+TEACHER_EVOLUTION_STATISTICS = "results/teacher/evolution_statistics.parquet"
+FIG_TEACHER_EVOLUTION = "results/figures/fig9_teacher_evolution"
+TEACHER_EVOLUTION_OUTPUTS = ([TEACHER_EVOLUTION_SUMMARY] + [f"{FIG_TEACHER_EVOLUTION}.{ext}" for ext in ("pdf", "png")]
+                             if trained_teacher_weights() else [])
+
+
 # Distillation grid (see params.yaml `distill`): run id -> DistillRun.
 RUNS = {run.run_id: run for run in distill_runs(config)}
 RUN_DIR = "results/runs/{run}"
 TEACHER_CACHE = "results/teacher/cache.safetensors"
 EVOLUTION = "results/evolution/{run}.parquet"
 EVOLUTION_SUMMARY = "results/evolution/{run}_summary.parquet"
+EVOLUTION_STATISTICS = "results/evolution/{run}_statistics.parquet"
 FIG4 = "results/figures/fig4_evolution"
 TABLE1 = "results/tables/table1"
 HEADLINE = "results/headline.md"
-DISTILL_OUTPUTS = [f"{FIG4}.{ext}" for ext in ("pdf", "png")] + [f"{TABLE1}.{ext}" for ext in ("csv", "md", "tex", "json")]
+# The distillation runs' statistics: CKA heatmaps, best-matching teacher layer over epochs, rank / SEP /
+# massive-activation profiles of teacher and students.
+STATISTICS_FIGURES = {
+    "cka": "results/figures/fig5_cka",
+    "cka_match": "results/figures/fig6_cka_match",
+    "statistics": "results/figures/fig7_statistics",
+}
+DISTILL_OUTPUTS = ([f"{stem}.{ext}" for stem in (FIG4, *STATISTICS_FIGURES.values()) for ext in ("pdf", "png")]
+                   + [f"{TABLE1}.{ext}" for ext in ("csv", "md", "tex", "json")])
 # Fig. 4's panels (figures.evolution_panels): configuration name -> title; the runs whose tables it draws.
 FIG4_PANELS = evolution_panels(config)
 FIG4_RUNS = [run_id for run_id, run in RUNS.items() if run.name in FIG4_PANELS]

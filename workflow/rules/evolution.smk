@@ -5,10 +5,12 @@ rule evolution:
         checkpoints=f"{RUN_DIR}/checkpoints.json",
         manifest=MANIFEST,
         data=synthetic_data,
+        reference=ACTIVATIONS,
         code=step_code_of("evolution"),
     output:
         values=EVOLUTION,
         summary=EVOLUTION_SUMMARY,
+        statistics=EVOLUTION_STATISTICS,
     params:
         code=code_digest_of("evolution"),
         cfg=rule_config("evolution"),
@@ -20,7 +22,61 @@ rule evolution:
         run="|".join(map(re.escape, RUNS)),
     shell:
         "{STEP} evolution --config-json {params.cfg:q} --run-dir {params.run_dir:q} --manifest {input.manifest:q} "
-        "{params.data} --out {output.values:q} --summary {output.summary:q} 2> {log:q}"
+        "{params.data} --reference {input.reference:q} --out {output.values:q} --summary {output.summary:q} "
+        "--statistics {output.statistics:q} 2> {log:q}"
+
+
+rule teacher_evolution:
+    message:
+        "Analysing every checkpoint of the teacher's own training"
+    input:
+        checkpoints=TEACHER_CHECKPOINTS,
+        manifest=MANIFEST,
+        data=synthetic_data,
+        reference=ACTIVATIONS,
+        code=step_code_of("teacher_evolution"),
+    output:
+        values=TEACHER_EVOLUTION,
+        summary=TEACHER_EVOLUTION_SUMMARY,
+        statistics=TEACHER_EVOLUTION_STATISTICS,
+    params:
+        code=code_digest_of("teacher_evolution"),
+        cfg=rule_config("teacher_evolution"),
+        data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
+    log:
+        "results/logs/teacher_evolution.log",
+    shell:
+        "{STEP} evolution --config-json {params.cfg:q} --run-dir results/teacher --model-key teacher "
+        "--manifest {input.manifest:q} {params.data} --reference {input.reference:q} --out {output.values:q} "
+        "--summary {output.summary:q} --statistics {output.statistics:q} 2> {log:q}"
+
+
+# CKA heatmaps, best-matching teacher layer over epochs, rank / SEP / massive profiles: one rule per figure.
+for _figure, _stem in STATISTICS_FIGURES.items():
+
+    rule:
+        name:
+            f"fig_{_figure}"
+        message:
+            f"Drawing {_stem}"
+        input:
+            statistics=expand(EVOLUTION_STATISTICS, run=FIG4_RUNS),
+            teacher=[STATISTICS] if _figure == "statistics" else [],
+            code=step_code_of(f"fig_{_figure}"),
+        output:
+            pdf=f"{_stem}.pdf",
+            png=report(f"{_stem}.png", caption=f"../report/fig_{_figure}.rst", category="Distillation"),
+        params:
+            code=code_digest_of(f"fig_{_figure}"),
+            cfg=rule_config(f"fig_{_figure}"),
+            figure=_figure,
+            labels=json.dumps(FIG4_PANELS),
+            teacher=lambda w, input: f"--teacher-statistics {input.teacher[0]}" if input.teacher else "",
+        log:
+            f"results/logs/fig_{_figure}.log",
+        shell:
+            "{STEP} figures --config-json {params.cfg:q} --figure {params.figure} --statistics {input.statistics:q} "
+            "{params.teacher} --labels-json {params.labels:q} --out {output.pdf:q} > {log:q} 2>&1"
 
 
 rule fig_evolution:

@@ -9,6 +9,7 @@ rule train_teacher:
         weights=TEACHER_WEIGHTS,
         log=TEACHER_LOG,
         environment=TEACHER_ENVIRONMENT,
+        checkpoints=TEACHER_CHECKPOINTS,
     params:
         code=code_digest_of("train_teacher"),
         cfg=rule_config("train_teacher"),
