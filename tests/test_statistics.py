@@ -136,6 +136,28 @@ def test_streaming_cka_equals_one_shot():
     np.testing.assert_allclose(acc.result(), linear_cka(a, b), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("n, c, d, shift", [(4, 3, 5, 0.0), (9, 16, 2, 0.0), (40, 7, 11, 2.5), (33, 64, 128, 0.0)])
+def test_hsic_from_features_equals_the_gram_form(n, c, d, shift):
+    """The accumulator's Gram-free estimator (||X^T Y||^2, row norms, X^T 1) against Song et al.'s on K = X X^T,
+    for centred features and, the identity being exact, uncentred ones too."""
+    from pipeline_steps.analysis.similarity import _cka_from_features, _cka_from_grams, _hsic, _hsic_of_features
+
+    rng = np.random.default_rng(n + c + d)
+    x = torch.from_numpy(rng.standard_normal((n, c)) * 3.0 + shift)
+    y = torch.from_numpy(rng.standard_normal((n, d)) + x[:, :1].numpy() * 0.5)
+    for a, b in ((x, y), (x - x.mean(0), y - y.mean(0))):
+        for p, q in ((a, b), (a, a), (b, b)):
+            expected = float(_hsic(p @ p.T, q @ q.T))
+            assert float(_hsic_of_features(p, q)) == pytest.approx(expected, rel=1e-12, abs=1e-12 * abs(expected))
+    feats_a = [x - x.mean(0), torch.from_numpy(rng.standard_normal((n, 5)))]
+    feats_a[1] -= feats_a[1].mean(0)
+    feats_b = [y - y.mean(0), feats_a[0][:, :2].clone(), torch.zeros(n, 3)]  # a constant layer: NaN column
+    got = _cka_from_features(iter(feats_a), feats_b)
+    expected = _cka_from_grams([f @ f.T for f in feats_a], [f @ f.T for f in feats_b])
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    assert np.isnan(got[:, 2]).all() and np.isfinite(got[:, :2]).all()
+
+
 def test_streaming_cka_checks_what_it_was_fed():
     a = _acts(11, (2, 5, 4, 2, 2))
     acc = CKAAccumulator(2, 2)

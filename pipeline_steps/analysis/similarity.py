@@ -21,11 +21,16 @@ The unbiased estimator needs ``n >= 4`` images. It is invariant to a constant sh
 features are centred over the images first (in float64) without changing the value; this only improves the
 rounding, and makes a layer whose features do not vary across images give exactly zero self-HSIC, for which
 CKA is undefined and returned as NaN.
+
+Streaming (:class:`CKAAccumulator`): the estimator is computed from the centred ``[n, C]`` features themselves,
+``tr(K~ L~) = ||X^T Y||_F^2 - sum_i k_i l_i`` with ``k = diag(K)`` the squared row norms, ``1' K~ 1 = ||X^T 1||^2 -
+sum k`` and ``K~ 1 = X (X^T 1) - k``, so its memory is ``O(n C)`` (the features), not the ``O(n^2)`` of a Gram
+matrix per layer. :func:`linear_cka` keeps the Gram form, which ``tokens="flatten"`` (``C H W`` features) needs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -80,6 +85,29 @@ def _hsic(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
     return (trace + both_sums - 2.0 / (n - 2) * (k_row @ l_row)) / (n * (n - 3))
 
 
+def _hsic_terms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For float64 ``[n, C]`` features with ``K = X X^T``: ``k = diag(K)``, ``K~ 1 = X (X^T 1) - k`` and
+    ``1' K~ 1 = ||X^T 1||^2 - sum k`` (``K~``: ``K`` with a zero diagonal), without forming ``K``."""
+    k = (x * x).sum(1)
+    col = x.sum(0)                         # X^T 1: zero (to rounding) for centred features
+    return k, x @ col - k, col @ col - k.sum()
+
+
+def _hsic_from_terms(n: int, cross: torch.Tensor, kl: torch.Tensor, row_product: torch.Tensor,
+                     k_sum: torch.Tensor, l_sum: torch.Tensor) -> torch.Tensor:
+    """Song et al.'s estimator from ``||X^T Y||_F^2``, ``sum_i k_i l_i``, ``(K~ 1).(L~ 1)`` and the two sums."""
+    trace = cross - kl                     # tr(K~ L~) = tr(K L) - sum_i k_i l_i, tr(K L) = ||X^T Y||_F^2
+    return (trace + k_sum * l_sum / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * row_product) / (n * (n - 3))
+
+
+def _hsic_of_features(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC of the linear kernels of float64 ``[n, C]`` and ``[n, D]`` features, from the features:
+    equal to ``_hsic(x @ x.T, y @ y.T)`` (to float64 rounding) in ``O(n C D)`` time and ``O(C D)`` memory."""
+    k, k_row, k_sum = _hsic_terms(x)
+    l_, l_row, l_sum = _hsic_terms(y)
+    return _hsic_from_terms(x.shape[0], (x.T @ y).square().sum(), k @ l_, k_row @ l_row, k_sum, l_sum)
+
+
 def _centred(x: torch.Tensor) -> torch.Tensor:
     """Float64 ``[B, F]`` features centred over the images; exactly zero when every image has the same features
     (the mean of equal values need not round back to that value, which would leave ~1e-17 noise)."""
@@ -106,6 +134,34 @@ def _cka_from_grams(grams_a: list[torch.Tensor], grams_b: list[torch.Tensor]) ->
             # Zero (or, from rounding, negative) self-HSIC: a layer that does not vary across images.
             out[i, j] = float(_hsic(k, l_)) / np.sqrt(denom) if denom > 0 else np.nan
     return out
+
+
+def _cka_from_features(feats_a: Iterable[torch.Tensor], feats_b: list[torch.Tensor]) -> np.ndarray:
+    """:func:`_cka_from_grams` of the Gram matrices of float64 ``[n, C]`` features, without forming them.
+
+    Model B's features are taken together (``[n, sum C_b]``), model A's one layer at a time (``feats_a`` may be
+    a generator): memory beyond model B's features is one A layer and ``C_a x sum C_b`` cross products.
+    """
+    n = feats_b[0].shape[0]
+    widths = [y.shape[1] for y in feats_b]
+    b_all = torch.cat(feats_b, dim=1) if len(feats_b) > 1 else feats_b[0]
+    terms_b = [_hsic_terms(y) for y in feats_b]
+    l_diag = torch.stack([t[0] for t in terms_b], dim=1)        # [n, L_b]
+    l_rows = torch.stack([t[1] for t in terms_b], dim=1)        # [n, L_b]
+    l_sums = torch.stack([t[2] for t in terms_b])               # [L_b]
+    self_b = torch.stack([_hsic_from_terms(n, (y.T @ y).square().sum(), l_ @ l_, r @ r, s, s)
+                          for y, (l_, r, s) in zip(feats_b, terms_b)])
+    out = []
+    for x in feats_a:
+        k, k_row, k_sum = _hsic_terms(x)
+        self_a = _hsic_from_terms(n, (x.T @ x).square().sum(), k @ k, k_row @ k_row, k_sum, k_sum)
+        cross = torch.stack([block.sum() for block in (x.T @ b_all).square_().split(widths, dim=1)])
+        hsic = _hsic_from_terms(n, cross, k @ l_diag, k_row @ l_rows, k_sum, l_sums)
+        denom = (self_a * self_b).numpy()
+        with np.errstate(invalid="ignore"):
+            # Zero (or, from rounding, negative) self-HSIC: a layer that does not vary across images.
+            out.append(np.where(denom > 0, hsic.numpy() / np.sqrt(np.where(denom > 0, denom, 1.0)), np.nan))
+    return np.stack(out)
 
 
 def _check_tokens(tokens: str) -> str:
@@ -152,11 +208,13 @@ class CKAAccumulator:
     nor the estimate splits into per-chunk parts: a chunk's images pair with every earlier image, and
     averaging per-minibatch estimates (the "minibatch CKA" of Nguyen et al. 2021) is a different estimator.
     The accumulator therefore keeps each image's token-mean feature vector, float64, ``B x C`` values per
-    layer (``H * W`` times fewer than the activations), and builds the ``B x B`` Gram matrices in
-    :meth:`result`. Memory grows linearly with the number of images: ``8 B (sum of C over both models' layers)``
-    bytes, e.g. 32 images of CaiT-S24 (24 x 384) and DeiT-Tiny (12 x 192): 3 MB. The result equals the
-    one-shot function up to float64 rounding. ``tokens="flatten"`` would have to keep every activation, so it
-    is not offered here.
+    layer (``H * W`` times fewer than the activations), and :meth:`result` computes the estimator from these
+    centred features without forming a ``B x B`` Gram matrix (``tr(K L) = ||X^T Y||_F^2``, ``diag K`` the
+    squared row norms, ``K 1 = X (X^T 1)``; method.md section 9.1). Memory grows linearly with the number of
+    images: ``8 B (sum of C over both models' layers)`` bytes, e.g. 32 images of CaiT-S24 (24 x 384) and
+    DeiT-Tiny (12 x 192): 3 MB, 2,048 images of them: 189 MB (their Gram matrices would be 1.2 GB). The result
+    equals the one-shot function up to float64 rounding. ``tokens="flatten"`` would have to keep every
+    activation, so it is not offered here.
 
     Args:
         n_layers_a: Number of layers of model A that will be fed.
@@ -174,7 +232,11 @@ class CKAAccumulator:
         parts = self._features[side]
         layer = check_layer(layer, len(parts))
         t = as_chunk(chunk)
-        x = t.to(torch.float64).mean(dim=(2, 3))
+        self._keep(side, layer, t.to(torch.float64).mean(dim=(2, 3)))
+
+    def _keep(self, side: str, layer: int, x: torch.Tensor) -> None:
+        """Keep float64 ``[b, C]`` token-mean features as they are (no copy: the caller must not change them)."""
+        parts = self._features[side]
         if not bool(torch.isfinite(x).all()):
             raise UserError(f"model {side.upper()} layer {layer}: the chunk holds NaN or inf; check the model "
                             "and its inputs")
@@ -206,11 +268,10 @@ class CKAAccumulator:
             if missing:
                 raise UserError(f"no chunk seen for model {side.upper()} layer(s) {missing}; update every layer "
                                 "before result()")
-            feats[side] = [torch.cat(p) for p in parts]
+            feats[side] = [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
         counts = sorted({x.shape[0] for side in feats.values() for x in side})
         if len(counts) != 1:
             raise UserError(f"layers saw different numbers of images ({counts}); feed every layer of both "
                             "models the same images")
         _check_images(counts[0])
-        grams = {side: [(c := _centred(x)) @ c.T for x in xs] for side, xs in feats.items()}
-        return _cka_from_grams(grams["a"], grams["b"])
+        return _cka_from_features((_centred(x) for x in feats["a"]), [_centred(y) for y in feats["b"]])
