@@ -20,6 +20,7 @@ grow with the activations. Each streamed value equals the one-shot function on t
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,10 +68,10 @@ def _massive_mask(mag: np.ndarray, median: np.ndarray, min_ratio: float, min_mag
 class _Layer:
     """Pass-1 facts of one layer: ranges, medians, second moment."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_images: int) -> None:
         self.lo = self.hi = None                   # all values
         self.kept_lo = self.kept_hi = None         # values of tokens without a massive activation
-        self.medians: list[np.ndarray] = []
+        self.medians = np.empty(n_images)          # each image's median |A|
         self.moment: torch.Tensor | None = None    # sum over tokens of x x^T, float64 [C, C]
         self.tokens = 0
 
@@ -83,17 +84,31 @@ def _fold_max(old, new):
     return new if old is None else max(old, new)
 
 
+def _token_means_into(out: torch.Tensor, start: int, chunk: np.ndarray) -> torch.Tensor:
+    """Write a ``[b, C, H, W]`` chunk's token means into rows ``start:start+b`` of float64 ``out`` ``[B, C]``, as
+    :meth:`CKAAccumulator.update_a` computes them; returns the chunk as a float64 tensor."""
+    x = torch.from_numpy(chunk).to(torch.float64)
+    torch.mean(x, dim=(2, 3), out=out[start:start + len(chunk)])
+    return x
+
+
 @functools.lru_cache(maxsize=2)
 def _cached_token_means(path: str, stamp: tuple[int, int], chunk_images: int) -> tuple[torch.Tensor, ...]:
     acts = ActivationsFile(path)
-    return tuple(torch.cat([torch.from_numpy(c).to(torch.float64).mean(dim=(2, 3), keepdim=True)
-                            for c in acts.iter_chunks(j, chunk_images)]) for j in range(len(acts.layers)))
+    means = []
+    for j in range(len(acts.layers)):
+        b, c = acts.shape(j)[:2]
+        out = torch.empty((b, c), dtype=torch.float64)
+        for start, chunk in zip(range(0, b, chunk_images), acts.iter_chunks(j, chunk_images)):
+            _token_means_into(out, start, chunk)
+        means.append(out)
+    return tuple(means)
 
 
 def _token_means(acts: ActivationsFile, chunk_images: int) -> tuple[torch.Tensor, ...]:
-    """Each layer's token-mean features ``[B, C, 1, 1]`` float64, which :class:`CKAAccumulator` takes as chunks
-    with the same result (the mean of one token is itself). Cached by file and modification time: the evolution
-    step compares every checkpoint of a run with the same reference."""
+    """Each layer's token-mean features ``[B, C]`` float64, as :class:`CKAAccumulator` computes them from the
+    chunks. Cached by file and modification time: the evolution step compares every checkpoint of a run with the
+    same reference (the accumulator keeps them without a copy and does not change them)."""
     stat = acts.path.stat()
     return _cached_token_means(str(acts.path.resolve()), (stat.st_mtime_ns, stat.st_size), chunk_images)
 
@@ -105,7 +120,8 @@ def _bootstrap(per_image: np.ndarray, draws: int, seed: int, confidence: float) 
         return np.full(rows, np.nan), np.full(rows, np.nan)
     rng = np.random.default_rng(seed)
     means = np.empty((draws, rows))
-    block = max(1, (1 << 20) // n)  # draws per block: the index array stays ~8 MB whatever the sample size
+    # Draws per block: the index array and the [R, draws, n] gather stay ~2 MB whatever the sample size.
+    block = max(1, (1 << 18) // (n * rows))
     for start in range(0, draws, block):
         idx = rng.integers(0, n, size=(min(block, draws - start), n))
         means[start:start + idx.shape[0]] = per_image[:, idx].mean(axis=2).T
@@ -186,15 +202,15 @@ def layer_statistics(
     ratios = np.asarray(SEP_RATIOS)
 
     # Pass 1: ranges, medians, second moments.
-    layers = [_Layer() for _ in range(n_layers)]
+    layers = [_Layer(acts.shape(i)[0]) for i in range(n_layers)]
     for i in tqdm(range(n_layers), desc="statistics pass 1", disable=not progress, leave=False):
         s = layers[i]
-        for chunk in acts.iter_chunks(i, chunk_images):
+        for start, chunk in zip(itertools.count(0, chunk_images), acts.iter_chunks(i, chunk_images)):
             if not np.all(np.isfinite(chunk)):
                 raise UserError(f"{npz_path}: layer {i} holds NaN or inf; check the model and its inputs")
             mag = np.abs(chunk.astype(np.float64))  # float64 as massive_activations: the median of an even count is a mean
             median = np.median(mag.reshape(len(chunk), -1), axis=1)
-            s.medians.append(median)
+            s.medians[start:start + len(chunk)] = median
             s.lo, s.hi = _fold_min(s.lo, chunk.min()), _fold_max(s.hi, chunk.max())
             kept = ~_massive_mask(mag, median, massive_min_ratio, massive_min_magnitude).any(axis=1)  # [b, H, W]
             if kept.any():
@@ -224,11 +240,15 @@ def layer_statistics(
                else np.full(energies.size, np.nan))
         sums = {"effective_rank": 0.0, "participation_ratio": 0.0, "per_layer": 0.0, "kept": 0.0}
         kept_tokens = dropped_tokens = 0
-        svd, shared = [], []
+        n_images = len(s.medians)
+        svd_ranks = np.empty((n_images, energies.size), dtype=np.int64)
+        shared_ranks = np.empty((n_images, energies.size), dtype=np.int64)
+        if cka is not None:
+            means = torch.empty((n_images, acts.shape(i)[1]), dtype=torch.float64)
         sep = {mode: np.zeros(0) for mode in SEP_MODES}
         sep_tokens = 0
         top_abs, top_ratio, top_channel, top_token, n_massive = -1.0, np.nan, -1, -1, 0
-        medians = np.concatenate(s.medians)
+        medians = s.medians
         image = 0
         for chunk in acts.iter_chunks(i, chunk_images):
             b, c = chunk.shape[:2]
@@ -238,9 +258,12 @@ def layer_statistics(
             sums["effective_rank"] += float(effective_rank(batch)[0]) * b
             sums["participation_ratio"] += float(participation_ratio(batch)[0]) * b
             sums["per_layer"] += float(channel_entropy(batch, bins, value_range=(s.lo, s.hi))[0]) * b * tokens_per_image
-            svd.append(svd_energy_rank(batch, energies)[0])
-            x = torch.from_numpy(chunk).to(torch.float64).flatten(2).transpose(1, 2)
-            shared.append(_shared_basis_ranks(x, basis, energies))
+            svd_ranks[image:image + b] = svd_energy_rank(batch, energies)[0]
+            if cka is not None:
+                x = _token_means_into(means, image, chunk).flatten(2).transpose(1, 2)
+            else:
+                x = torch.from_numpy(chunk).to(torch.float64).flatten(2).transpose(1, 2)
+            shared_ranks[image:image + b] = _shared_basis_ranks(x, basis, energies)
             for mode, (curve_sum, nonzero) in _sep_sums(torch.from_numpy(chunk), SEP_MODES).items():
                 sep[mode] = curve_sum if sep[mode].size == 0 else sep[mode] + curve_sum
             sep_tokens += nonzero
@@ -264,17 +287,15 @@ def layer_statistics(
                 entropy = channel_entropy(tokens.T[None, None, :, :, None], bins, value_range=kept_ranges[i])
                 sums["kept"] += float(entropy[0]) * n_kept
                 kept_tokens += n_kept
-            if cka is not None:
-                cka.update_b(i, chunk)
             image += b
 
-        n_images = image
+        if cka is not None:
+            cka._keep("b", i, means)
         layer_rows = [("effective_rank", np.nan, sums["effective_rank"] / n_images),
                       ("participation_ratio", np.nan, sums["participation_ratio"] / n_images),
                       ("entropy_per_layer_range", np.nan, sums["per_layer"] / (n_images * tokens_per_image)),
                       ("entropy_without_massive", np.nan, sums["kept"] / kept_tokens if kept_tokens else np.nan),
                       ("massive_token_share", np.nan, dropped_tokens / (dropped_tokens + kept_tokens))]
-        svd_ranks, shared_ranks = np.concatenate(svd), np.concatenate(shared)
         svd_p99, svd_mean = np.percentile(svd_ranks, 99, axis=0), svd_ranks.mean(axis=0)
         shared_p99 = np.percentile(shared_ranks, 99, axis=0)
         for k, level in enumerate(energies):
@@ -304,7 +325,7 @@ def layer_statistics(
                   "ci_low": float(low[i]), "ci_high": float(high[i])} for i in range(n_layers)]
     if cka is not None:
         for j, features in enumerate(_token_means(ref, chunk_images)):
-            cka.update_a(j, features)
+            cka._keep("a", j, features)
         # The unbiased estimator needs 4 images; a smaller sample still gets every other statistic.
         matrix = cka.result() if result["n_images"] >= 4 else np.full((len(ref.layers), n_layers), np.nan)
         ref_layers = [k + 1 for k in ref.meta["layer_indices"]]
