@@ -1,4 +1,5 @@
-"""Figures in one clean style: per-layer profiles (Fig. 1-2), channel spectra (Fig. 3), evolution (Fig. 4).
+"""Figures in one clean style: per-layer profiles (Fig. 1-2), channel spectra (Fig. 3), evolution (Fig. 4),
+and the per-layer statistics beyond entropy.
 
 All functions take the long-format reductions table (see :mod:`pipeline_steps.analysis.reductions`; Fig. 4
 the evolution step's tables, the same columns plus ``run_id``, or the authors' published tables read into
@@ -6,13 +7,20 @@ that format by :func:`pipeline_steps.analysis.published.read_published_entropy`)
 :func:`save_figure` writes it as PDF and PNG atomically.
 Layers are 1-based, as in the paper. A CNN's layers are its stages (the table's ``layer_name`` says so:
 :func:`pipeline_steps.models.layers.kind_of_layer_names`); its axes and panel titles say "stage".
+
+The statistics figures take statistics tables (:data:`~pipeline_steps.analysis.layer_statistics.STATISTICS_COLUMNS`,
+docs/artifacts.md section 4b): :func:`figure_cka` and :func:`figure_cka_match` (CKA of the students' layers to
+the teacher's), :func:`figure_statistics` (ranks, SEP, spectral share, massive activations across depth),
+:func:`figure_robustness` (the teacher's entropy profile three ways) and :func:`figure_teacher_evolution` (the
+teacher's entropy during its own training); :func:`figure_profile` draws the teacher's bootstrap interval
+from one as a band.
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import matplotlib
 
@@ -22,13 +30,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pipeline_steps.config import run_name
 from pipeline_steps.errors import UserError  # noqa: E402
 
-__all__ = ["METRIC_LABELS", "SPECTRA_SCALES", "TEACHER_SHAPE_LABEL", "choose_spectra_layers", "figure_evolution",
-           "figure_profile", "figure_spectra", "figure_spectra_grid", "profile", "rescale_to_range", "save_figure",
-           "style"]
+__all__ = ["BAND_LABEL", "BEST_MATCH_LABEL", "METRIC_LABELS", "ROBUSTNESS_PROFILES", "SPECTRA_SCALES",
+           "STATISTICS_PANELS", "TEACHER_SHAPE_LABEL", "cka_best_match", "choose_spectra_layers", "figure_cka",
+           "figure_cka_match", "figure_evolution", "figure_profile", "figure_robustness", "figure_spectra",
+           "figure_spectra_grid", "figure_statistics", "figure_teacher_evolution", "profile", "rescale_to_range",
+           "save_figure", "style"]
 
 METRIC_LABELS = {
     "entropy": "Shannon entropy (bits)",
@@ -99,26 +110,73 @@ def _integer_layer_axis(ax: plt.Axes, n_layers: int, word: str = "layer") -> Non
     ax.set_xlabel(word.capitalize())
 
 
-def figure_profile(values: pd.DataFrame, metric: str, title: str | None = None) -> plt.Figure:
-    """Fig. 1 (entropy) / Fig. 2 (magnitude): the metric per layer, minimum marked."""
+#: Legend label of the band :func:`figure_profile` draws from a statistics table (its coverage is the
+#: table's ``analysis.statistics.confidence``, which the table does not record).
+BAND_LABEL = "bootstrap interval over images"
+
+
+def _band(band: pd.DataFrame, metric: str, layers: Sequence[int], word: str) -> pd.DataFrame:
+    """The rows of ``metric`` in the statistics table ``band``, one per layer of the profile (``layers``),
+    sorted by layer; a one-line error for another model's table or one without intervals."""
+    rows = band[band["metric"] == metric] if "metric" in band else band.iloc[0:0]
+    if rows.empty:
+        raise UserError(f"the teacher statistics table has no '{metric}' rows; re-run the statistics step")
+    n = rows.groupby(["model", "checkpoint"]).ngroups
+    if n != 1:
+        raise UserError(f"the teacher statistics table holds {n} '{metric}' profiles; give the table of one model "
+                        "(results/statistics/teacher.parquet)")
+    rows = rows.sort_values("layer")
+    have, want = [int(v) for v in rows["layer"]], [int(v) for v in layers]
+    if have != want:
+        raise UserError(f"the teacher statistics table has {len(have)} {word}s ({have[0]}..{have[-1]}) but the "
+                        f"profile {len(want)} ({want[0]}..{want[-1]}); give the statistics of the same model")
+    if rows["ci_low"].isna().all() or rows["ci_high"].isna().all():
+        raise UserError(f"the teacher statistics table has no bootstrap interval for '{metric}' "
+                        "(analysis.statistics.bootstrap was 0); re-run the statistics step with bootstrap > 0, "
+                        "or leave the band out")
+    return rows
+
+
+def figure_profile(values: pd.DataFrame, metric: str, title: str | None = None,
+                   band: pd.DataFrame | None = None) -> plt.Figure:
+    """Fig. 1 (entropy) / Fig. 2 (magnitude): the metric per layer, minimum marked.
+
+    Args:
+        values: Reductions table with ``metric`` rows.
+        metric: ``"entropy"`` or ``"magnitude"`` (:data:`METRIC_LABELS`).
+        title: Figure title.
+        band: The same model's statistics table (the statistics step's ``--out``), or ``None``: its bootstrap
+            interval of ``metric`` (``ci_low`` .. ``ci_high`` per layer) is drawn as a shaded band in the
+            first line's colour, labelled :data:`BAND_LABEL`. Without a band the figure is as it always was.
+
+    Raises:
+        UserError: No ``metric`` rows; a band of another model (other layers), of several profiles, or
+            without intervals.
+    """
     prof = profile(values, metric)
     word = _layer_word(values)
+    band_rows = _band(band, metric, sorted(prof["layer"].unique()), word) if band is not None else None
     with style():
         fig, ax = plt.subplots(figsize=(5.0, 3.2))
         groups = list(prof.groupby(["model", "checkpoint"], sort=False))
+        colors = []
         for (model, checkpoint), g in groups:
             label = model if len(groups) == 1 or checkpoint == "final" else f"{model} ({checkpoint})"
             (line,) = ax.plot(g["layer"], g["value"], marker="o", label=label)
+            colors.append(line.get_color())
             i = int(np.argmin(g["value"].to_numpy()))
             x, y = g["layer"].iloc[i], g["value"].iloc[i]
             ax.plot([x], [y], marker="o", ms=9, mfc="none", mec=line.get_color(), mew=1.2)
             ax.annotate(f"min: {word} {int(x)}", (x, y), textcoords="offset points", xytext=(8, 4),
                         ha="left", va="bottom", fontsize=8)
+        if band_rows is not None:
+            ax.fill_between(band_rows["layer"].to_numpy(), band_rows["ci_low"].to_numpy(),
+                            band_rows["ci_high"].to_numpy(), color=colors[0], alpha=0.25, lw=0, label=BAND_LABEL)
         _integer_layer_axis(ax, int(prof["layer"].max()), word)
         ax.set_ylabel(METRIC_LABELS[metric])
         if title:
             ax.set_title(title)
-        if len(groups) > 1:
+        if len(groups) > 1 or band_rows is not None:
             ax.legend()
         fig.tight_layout()
     return fig
@@ -425,3 +483,501 @@ def _draw_teacher_shape(ax: plt.Axes, teacher_e: np.ndarray, depth: int, student
         top.set_xticks(np.unique(np.linspace(1, t_depth, 5).round().astype(int)))
         top.set_xlabel("Teacher layer", fontsize=8)
         top.tick_params(labelsize=7)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics tables (pipeline_steps.analysis.layer_statistics): CKA, ranks and spectra across depth,
+# the robustness of the entropy profile, the teacher's own training
+# ---------------------------------------------------------------------------------------------------------
+
+#: The panels of :func:`figure_statistics`: ``(metric, level, y label)``; ``level`` ``None`` takes the metric's
+#: rows whatever their level, a number the level of the table closest to it (ENERGY_LEVELS 0.8 .. 0.99 of
+#: :mod:`~pipeline_steps.analysis.rank`; SEP_RATIOS 0.5 .. 0.9 of :mod:`~pipeline_steps.analysis.spectral`).
+STATISTICS_PANELS = (
+    ("effective_rank", None, "Effective rank"),
+    ("participation_ratio", None, "Participation ratio"),
+    ("svd_rank_p99", 0.9, "SVD rank (p99 over images)"),
+    ("pca_dimension", 0.9, "PCA dimension"),
+    ("sep_bandwidth", 0.5, "SEP bandwidth (share of bins)"),
+    ("low_frequency_share", None, "Low-frequency share"),
+    ("massive_max_ratio", None, "max |A| / median |A|"),
+)
+#: :data:`STATISTICS_PANELS` drawn on a log y axis.
+_LOG_PANELS = ("massive_max_ratio",)
+
+#: The entropy profiles of :func:`figure_robustness`, each with its panel title: one histogram range shared by
+#: all layers (the paper's), each layer's own range, and the tokens without a massive activation.
+ROBUSTNESS_PROFILES = (
+    ("entropy", "global histogram range"),
+    ("entropy_per_layer_range", "per-layer histogram range"),
+    ("entropy_without_massive", "without massive-activation tokens"),
+)
+
+#: The y label of :func:`figure_cka_match`.
+BEST_MATCH_LABEL = "Most similar teacher layer (argmax CKA)"
+
+
+def _grid(n: int) -> tuple[int, int]:
+    """``(rows, columns)`` of ``n`` panels, as Fig. 4: one row up to three, 2 x 2 for four, then rows of three."""
+    ncols = n if n <= 3 else (2 if n == 4 else 3)
+    return int(np.ceil(n / ncols)), ncols
+
+
+def _panel_labels(configurations: Sequence[str], labels: dict[str, str] | None, what: str,
+                  fix: str) -> dict[str, str]:
+    """The panels: ``labels`` checked against the configurations present, or every one, sorted, by name."""
+    have = sorted(set(configurations))
+    if labels is None:
+        labels = {name: name for name in have}
+    missing = [name for name in labels if name not in have]
+    if missing:
+        raise UserError(f"no {what} for configuration '{missing[0]}' (tables given: {', '.join(have) or 'none'}); "
+                        f"{fix} or drop it from the labels")
+    if not labels:
+        raise UserError(f"no configurations to plot; pass at least one table with {what}")
+    return dict(labels)
+
+
+def _cka_rows(stats: pd.DataFrame, best: bool) -> pd.DataFrame:
+    """The CKA rows of the best checkpoint (``best``) or of the epoch checkpoints, with ``configuration``."""
+    from pipeline_steps.analysis.checkpoints import BEST_CHECKPOINT
+
+    rows = stats[stats["metric"] == "cka"] if "metric" in stats else stats.iloc[0:0]
+    rows = rows[(rows["checkpoint"] == BEST_CHECKPOINT) == best]
+    if rows.empty:
+        which = "the best checkpoint" if best else "an epoch checkpoint"
+        raise UserError(f"the statistics tables have no 'cka' rows of {which}; run the evolution step with "
+                        "--reference results/activations/teacher.npz")
+    return rows.assign(configuration=rows["run_id"].map(run_name))
+
+
+def _cka_matrix(rows: pd.DataFrame) -> pd.DataFrame:
+    """Seed-mean CKA, teacher layers (index) x student layers (columns), both sorted."""
+    mean = rows.groupby(["teacher_layer", "layer"])["value"].mean()
+    matrix = mean.unstack("layer").sort_index().sort_index(axis=1)
+    matrix.index = matrix.index.astype(int)
+    matrix.columns = matrix.columns.astype(int)
+    return matrix
+
+
+def _layer_ticks(layers: Sequence[int]) -> tuple[list[int], list[str]]:
+    """Tick positions (0-based cell indices) and 1-based layer labels, every second one past 16 layers."""
+    step = 1 if len(layers) <= 16 else 2
+    positions = list(range(0, len(layers), step))
+    return positions, [str(int(layers[i])) for i in positions]
+
+
+def figure_cka(stats: pd.DataFrame, labels: dict[str, str] | None = None, title: str | None = None) -> plt.Figure:
+    """Linear CKA between every student layer and every teacher layer at the best checkpoint, one heatmap
+    per configuration.
+
+    CKA (:mod:`pipeline_steps.analysis.similarity`: unbiased HSIC over the sample's images, token-mean
+    features) is 1 for the same representation up to rotation and isotropic scale, 0 for unrelated ones. One
+    shared colour scale 0 .. 1 and one colorbar; NaN cells (fewer than 4 images) stay blank.
+
+    Args:
+        stats: The distillation runs' statistics tables (the evolution step's ``--statistics``), concatenated;
+            rows ``metric == "cka"`` and ``checkpoint == "best"`` are drawn, the seeds of a configuration
+            (:func:`pipeline_steps.config.run_name` of ``run_id``) averaged.
+        labels: Configuration -> panel title, in panel order; ``None``: every configuration, sorted, by name.
+        title: Figure title.
+
+    Returns:
+        The figure; its panels are the axes with a title (``(a) <label>``, ...), each holding one image whose
+        array is the seed-mean matrix (rows: teacher layers, columns: student layers, both ascending).
+
+    Raises:
+        UserError: No CKA rows of a best checkpoint, or a labelled configuration without them.
+    """
+    rows = _cka_rows(stats, best=True)
+    labels = _panel_labels(rows["configuration"], labels, "best-checkpoint CKA rows",
+                           "pass its results/evolution/<run_id>_statistics.parquet")
+    word = _layer_word(stats)
+    n = len(labels)
+    nrows, ncols = _grid(n)
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.9, 3.2 * nrows), squeeze=False,
+                                 layout="constrained")
+        image = None
+        for i, (ax, (name, label)) in enumerate(zip(axes.flat, labels.items())):
+            g = rows[rows["configuration"] == name]
+            matrix = _cka_matrix(g)
+            image = ax.imshow(matrix.to_numpy(), origin="lower", aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                              interpolation="nearest")
+            xt, xl = _layer_ticks(list(matrix.columns))
+            yt, yl = _layer_ticks(list(matrix.index))
+            ax.set_xticks(xt, xl)
+            ax.set_yticks(yt, yl)
+            ax.grid(False)
+            n_seeds = g["run_id"].nunique()
+            ax.set_title(f"({chr(97 + i)}) {label}" + (f", {n_seeds} seeds" if n_seeds > 1 else ""))
+            ax.set_xlabel(f"Student {word}")
+            if i % ncols == 0:
+                ax.set_ylabel(f"Teacher {word}")
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.04, pad=0.02, aspect=30)
+        bar.set_label("Linear CKA")
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def cka_best_match(stats: pd.DataFrame) -> pd.DataFrame:
+    """Each student layer's most similar teacher layer at every epoch checkpoint.
+
+    Args:
+        stats: The distillation runs' statistics tables, concatenated (rows ``metric == "cka"``, ``checkpoint``
+            other than ``"best"``).
+
+    Returns:
+        One row per (configuration, epoch, student layer), sorted so: ``configuration``
+        (:func:`pipeline_steps.config.run_name` of ``run_id``), ``epoch``, ``layer``, ``teacher_layer`` (the argmax
+        over teacher layers of the seed-mean CKA, the lowest teacher layer on ties; ``<NA>`` where every value
+        is NaN) and ``cka`` (that maximum).
+
+    Raises:
+        UserError: No CKA rows of an epoch checkpoint.
+    """
+    rows = _cka_rows(stats, best=False)
+    keys = ["configuration", "epoch", "layer"]
+    mean = (rows.groupby([*keys, "teacher_layer"], dropna=False)["value"].mean().reset_index()
+            .sort_values([*keys, "teacher_layer"], kind="stable"))
+    top = mean.groupby(keys, dropna=False)["value"].transform("max")
+    best = mean[mean["value"] == top].drop_duplicates(keys, keep="first")  # the first (lowest) teacher layer
+    groups = mean[keys].drop_duplicates()
+    out = groups.merge(best, on=keys, how="left").rename(columns={"value": "cka"})
+    out = out.sort_values(keys, kind="stable").reset_index(drop=True)
+    return out.astype({"epoch": "Int64", "layer": "int64", "teacher_layer": "Int64", "cka": "float64"})[
+        [*keys, "teacher_layer", "cka"]]
+
+
+def figure_cka_match(stats: pd.DataFrame, labels: dict[str, str] | None = None,
+                     title: str | None = None) -> plt.Figure:
+    """Which teacher layer each student layer resembles most, over training: one panel per configuration.
+
+    x = epoch, y = :func:`cka_best_match`'s teacher layer, one line per student layer coloured by its depth
+    (viridis, one colorbar). A flat line: the student layer settled on one teacher layer.
+
+    Args:
+        stats: The distillation runs' statistics tables, concatenated (see :func:`cka_best_match`).
+        labels: Configuration -> panel title, in panel order; ``None``: every configuration, sorted, by name.
+        title: Figure title.
+
+    Returns:
+        The figure; its panels are the axes with a title; each line is labelled ``<word> <layer>``.
+
+    Raises:
+        UserError: No CKA rows of an epoch checkpoint, or a labelled configuration without them.
+    """
+    match = cka_best_match(stats)
+    labels = _panel_labels(match["configuration"], labels, "epoch-checkpoint CKA rows",
+                           "pass its results/evolution/<run_id>_statistics.parquet")
+    word = _layer_word(stats)
+    layers = sorted(int(v) for v in match["layer"].unique())
+    norm = Normalize(vmin=layers[0], vmax=max(layers[-1], layers[0] + 1))
+    cmap = matplotlib.colormaps["viridis"]
+    teacher_layers = [int(v) for v in stats.loc[stats["metric"] == "cka", "teacher_layer"].dropna().unique()]
+    n = len(labels)
+    nrows, ncols = _grid(n)
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.9, 2.9 * nrows), sharey=True, squeeze=False,
+                                 layout="constrained")
+        for i, (ax, (name, label)) in enumerate(zip(axes.flat, labels.items())):
+            g = match[match["configuration"] == name]
+            for k, (layer, curve) in enumerate(g.groupby("layer", sort=True)):
+                # Deeper layers thinner, on top: lines on the same teacher layer show as nested stripes.
+                lw = 3.2 - 2.2 * k / max(len(layers) - 1, 1)
+                ax.plot(curve["epoch"].astype(float), curve["teacher_layer"].astype(float), marker="o", ms=2.5,
+                        lw=lw, color=cmap(norm(int(layer))), label=f"{word} {int(layer)}")
+            ax.set_title(f"({chr(97 + i)}) {label}")
+            ax.set_xlabel("Epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if i % ncols == 0:
+                ax.set_ylabel(BEST_MATCH_LABEL)
+        if teacher_layers:
+            lo, hi = min(teacher_layers), max(teacher_layers)
+            axes.flat[0].set_ylim(lo - 0.5, hi + 0.5)
+            axes.flat[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), fraction=0.04, pad=0.02,
+                           aspect=30)
+        bar.set_label(f"Student {word}")
+        if len(layers) <= 16:
+            bar.set_ticks(layers)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def _level_rows(rows: pd.DataFrame, level: float | None) -> tuple[pd.DataFrame, float | None]:
+    """``rows`` at the table's level closest to ``level`` (all of them for ``None``), and that level."""
+    if level is None:
+        return rows, None
+    present = np.unique(rows["level"].dropna().to_numpy(dtype=float))
+    if present.size == 0:
+        return rows.iloc[0:0], None
+    chosen = float(present[int(np.argmin(np.abs(present - level)))])
+    return rows[np.isclose(rows["level"].to_numpy(dtype=float), chosen)], chosen
+
+
+def _one_profile(table: pd.DataFrame, what: str) -> None:
+    """A one-line error unless ``table`` holds one model at one checkpoint."""
+    n = table.groupby(["model", "checkpoint"]).ngroups
+    if n != 1:
+        raise UserError(f"the {what} holds {n} profiles (model, checkpoint); give the table of one model "
+                        "(results/statistics/teacher.parquet)")
+
+
+def figure_statistics(teacher: pd.DataFrame, students: pd.DataFrame | None = None,
+                      labels: dict[str, str] | None = None, title: str | None = None) -> plt.Figure:
+    """The per-layer statistics beyond entropy across depth: one panel per entry of :data:`STATISTICS_PANELS`.
+
+    x is the relative depth ``layer / L`` (``L`` the last analysed layer of that model), so a teacher and
+    students of other depths share an axis. The teacher's profile is black; each configuration's best
+    checkpoint (seeds averaged) a coloured line (``C0``, ``C1``, ... in panel order). The legend fills the
+    grid's last cell.
+
+    Args:
+        teacher: The teacher's statistics table (the statistics step's ``--out``).
+        students: The distillation runs' statistics tables, concatenated (rows ``checkpoint == "best"`` are
+            drawn), or ``None`` for the teacher only.
+        labels: Configuration -> legend label, in order; ``None``: every configuration, sorted, by name.
+        title: Figure title.
+
+    Returns:
+        The figure; its panels are the axes with a title (``(a) <metric>``, with ``at <level>`` for a
+        levelled metric); the teacher's line is labelled ``teacher``.
+
+    Raises:
+        UserError: A teacher table of several profiles or without a panel's metric; a labelled configuration
+            without best-checkpoint rows.
+    """
+    from pipeline_steps.analysis.checkpoints import BEST_CHECKPOINT
+
+    _one_profile(teacher, "teacher statistics table")
+    present = set(teacher["metric"])
+    absent = [metric for metric, _, _ in STATISTICS_PANELS if metric not in present]
+    if absent:
+        raise UserError(f"the teacher statistics table has no '{absent[0]}' rows; re-run the statistics step")
+    lines = [("teacher", teacher, {"color": "black", "lw": 1.8, "zorder": 5})]
+    if students is not None:
+        best = students[students["checkpoint"] == BEST_CHECKPOINT]
+        best = best.assign(configuration=best["run_id"].map(run_name))
+        labels = _panel_labels(best["configuration"], labels, "best-checkpoint statistics",
+                               "pass its results/evolution/<run_id>_statistics.parquet")
+        lines += [(label, best[best["configuration"] == name], {"color": f"C{k}"})
+                  for k, (name, label) in enumerate(labels.items())]
+    word = _layer_word(teacher)
+    ncols = 4
+    nrows = int(np.ceil((len(STATISTICS_PANELS) + 1) / ncols))
+    with style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, squeeze=False,
+                                 layout="constrained")
+        for i, (ax, (metric, level, ylabel)) in enumerate(zip(axes.flat, STATISTICS_PANELS)):
+            chosen = None
+            for k, (label, table, kwargs) in enumerate(lines):
+                rows, at = _level_rows(table[table["metric"] == metric], level)
+                chosen = at if k == 0 else chosen  # the teacher's level names the panel
+                if rows.empty:
+                    continue
+                curve = rows.groupby("layer")["value"].mean().sort_index()
+                depth = int(table["layer"].max())
+                ax.plot(curve.index.to_numpy() / depth, curve.to_numpy(), marker="o", ms=2.5, label=label, **kwargs)
+            ax.set_title(f"({chr(97 + i)}) {metric}" + (f" at {chosen:g}" if chosen is not None else ""), fontsize=9)
+            ax.set_ylabel(ylabel, fontsize=8)
+            if metric in _LOG_PANELS:
+                ax.set_yscale("log")
+            ax.tick_params(which="both", labelsize=7)
+        # The legend fills the first free cell: every line once, in drawing order.
+        entries: dict[str, Any] = {}
+        for ax in axes.flat[:len(STATISTICS_PANELS)]:
+            for handle, name in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(name, handle)
+        cell = len(STATISTICS_PANELS)
+        legend_ax = axes.flat[cell]
+        legend_ax.axis("off")
+        legend_ax.legend(list(entries.values()), list(entries), loc="center", fontsize=8)
+        for ax in axes.flat[cell + 1:]:
+            ax.set_visible(False)
+        xlabel = f"Relative depth ({word} / L)"
+        for ax in axes[-1]:
+            ax.set_xlabel(xlabel, fontsize=8)
+        row, col = divmod(cell, ncols)
+        if row > 0:  # the panel above the legend is the lowest of its column
+            axes[row - 1, col].xaxis.set_tick_params(labelbottom=True)
+            axes[row - 1, col].set_xlabel(xlabel, fontsize=8)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def _summary_rows(summary: pd.DataFrame, teacher: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``summary`` that belong to the teacher's profile (its model and checkpoint, where the
+    summary has those columns)."""
+    keep = np.ones(len(summary), dtype=bool)
+    for column in ("model", "checkpoint"):
+        if column in summary.columns:
+            keep &= (summary[column] == teacher[column].iloc[0]).to_numpy()
+    return summary[keep]
+
+
+def _reading(row: pd.Series, layers: Sequence[int], word: str) -> str:
+    """``u_shaped (tol 0.1): min at layer 5, drop 0.83, rise 1.20``: the summary's reading of one profile,
+    its argmin (a position in the profile) mapped to the layer number."""
+    position = int(row["argmin_layer"])
+    layer = int(layers[position - 1]) if 1 <= position <= len(layers) else position
+    tol = f" (tol {float(row['shape_tolerance']):g})" if "shape_tolerance" in row and pd.notna(
+        row["shape_tolerance"]) else ""
+    return f"{row['shape']}{tol}: min at {word} {layer}, drop {float(row['drop']):.2f}, rise {float(row['rise']):.2f}"
+
+
+def figure_robustness(teacher: pd.DataFrame, summary: pd.DataFrame | None = None, shape_tolerance: float = 0.1,
+                      title: str | None = None) -> plt.Figure:
+    """The teacher's entropy profile three ways (:data:`ROBUSTNESS_PROFILES`), side by side on one y axis.
+
+    Each panel is titled with its shape reading (``shape``, the minimum's layer, ``drop`` and ``rise`` in
+    bits) from ``summary``; the minimum is ringed as in :func:`figure_profile`. A profile with a layer that
+    keeps no token (``entropy_without_massive`` where every token holds a massive activation) has no reading:
+    its panel says which layers are undefined and draws the rest.
+
+    Args:
+        teacher: The teacher's statistics table.
+        summary: Its shape readings (the statistics step's ``--summary``,
+            :func:`~pipeline_steps.analysis.layer_statistics.statistics_summary`), or ``None`` to compute them
+            with ``shape_tolerance``.
+        shape_tolerance: ``analysis.shape_tolerance`` (bits), used when ``summary`` is ``None``.
+        title: Figure title.
+
+    Returns:
+        The figure; three panels (the axes with a title).
+
+    Raises:
+        UserError: A table of several profiles or without one of the three metrics; a summary without the
+            reading of a fully defined profile.
+    """
+    from pipeline_steps.analysis.layer_statistics import statistics_summary
+
+    _one_profile(teacher, "teacher statistics table")
+    absent = [metric for metric, _ in ROBUSTNESS_PROFILES if not (teacher["metric"] == metric).any()]
+    if absent:
+        raise UserError(f"the teacher statistics table has no '{absent[0]}' rows; re-run the statistics step")
+    if summary is None:
+        summary = statistics_summary(teacher, shape_tolerance)
+    missing = [c for c in ("metric", "shape", "argmin_layer", "drop", "rise") if c not in summary.columns]
+    if missing:
+        raise UserError(f"the teacher summary lacks column '{missing[0]}' (not a statistics summary of this "
+                        "pipeline); pass the statistics step's --summary file")
+    summary = _summary_rows(summary, teacher)
+    word = _layer_word(teacher)
+    with style():
+        fig, axes = plt.subplots(1, len(ROBUSTNESS_PROFILES), figsize=(4.0 * len(ROBUSTNESS_PROFILES), 3.4),
+                                 sharey=True, squeeze=False, layout="constrained")
+        for i, (ax, (metric, description)) in enumerate(zip(axes.flat, ROBUSTNESS_PROFILES)):
+            rows = teacher[teacher["metric"] == metric].sort_values("layer")
+            layers, values = rows["layer"].to_numpy(dtype=int), rows["value"].to_numpy(dtype=float)
+            (line,) = ax.plot(layers, values, marker="o", color=f"C{i}")
+            undefined = layers[~np.isfinite(values)]
+            reading = summary[summary["metric"] == metric]
+            if undefined.size:
+                listed = ", ".join(str(v) for v in undefined[:6]) + (", ..." if undefined.size > 6 else "")
+                text = f"undefined at {word}{'s' if undefined.size > 1 else ''} {listed} (no token kept)"
+            elif reading.empty:
+                raise UserError(f"the teacher summary has no '{metric}' reading; pass the statistics step's "
+                                "--summary file of the same table, or leave it out")
+            else:
+                row = reading.iloc[0]
+                text = _reading(row, layers, word)
+                position = int(row["argmin_layer"])
+                if 1 <= position <= len(layers):
+                    ax.plot([layers[position - 1]], [values[position - 1]], marker="o", ms=9, mfc="none",
+                            mec=line.get_color(), mew=1.2)
+            ax.set_title(f"({chr(97 + i)}) {description}\n{text}", fontsize=9)
+            _integer_layer_axis(ax, int(layers.max()), word)
+        axes[0, 0].set_ylabel(METRIC_LABELS["entropy"])
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def figure_teacher_evolution(stats: pd.DataFrame, title: str | None = None,
+                             shape_tolerance: float = 0.1) -> plt.Figure:
+    """The teacher's own training: is the U-shape of its entropy profile learned?
+
+    Left: the entropy profile of every epoch checkpoint, coloured by epoch (viridis, colorbar ``Epoch``;
+    epoch 0 dotted), the best checkpoint black and solid. Right: the shape reading of each epoch's profile
+    (:func:`~pipeline_steps.analysis.layer_statistics.statistics_summary` with ``shape_tolerance``): ``drop``
+    (first layer - minimum) and ``rise`` (last layer - minimum) against the epoch, the tolerance dashed; the
+    panel's title counts the U-shaped epochs.
+
+    Args:
+        stats: The statistics table of the teacher's training run (the evolution step with ``--model-key
+            teacher``): epoch checkpoints ``epoch_NNNN`` with their ``epoch``, plus ``best``.
+        title: Figure title.
+        shape_tolerance: ``analysis.shape_tolerance`` (bits).
+
+    Returns:
+        The figure: two panels (the axes with a title) and the colorbar. Epoch curves are labelled
+        ``_epoch <E>`` (hidden from the legend), except epoch 0's ``init (epoch 0)``; the right panel's lines
+        ``drop`` and ``rise``.
+
+    Raises:
+        UserError: No entropy rows, tables of several runs, or no epoch checkpoint.
+    """
+    from pipeline_steps.analysis.checkpoints import BEST_CHECKPOINT
+    from pipeline_steps.analysis.layer_statistics import statistics_summary
+
+    entropy = stats[stats["metric"] == "entropy"] if "metric" in stats else stats.iloc[0:0]
+    if entropy.empty:
+        raise UserError("the teacher training's statistics table has no 'entropy' rows; re-run the evolution step "
+                        "on results/teacher")
+    runs = entropy["run_id"].nunique()
+    if runs != 1:
+        raise UserError(f"the teacher training's statistics tables hold {runs} runs; give the table of one run "
+                        "(the evolution step's --statistics for results/teacher)")
+    is_best = entropy["checkpoint"] == BEST_CHECKPOINT
+    curves = entropy[~is_best]
+    if curves.empty or curves["epoch"].isna().any():
+        raise UserError("the teacher training's statistics table has no epoch checkpoints with an epoch; re-run "
+                        "the evolution step on a teacher trained with checkpoint_every > 0")
+    summary = statistics_summary(curves, shape_tolerance)
+    summary = summary[summary["metric"] == "entropy"].sort_values("epoch")
+    epochs = sorted(int(e) for e in curves["epoch"].unique())
+    norm = Normalize(vmin=epochs[0], vmax=max(epochs[-1], epochs[0] + 1))
+    cmap = matplotlib.colormaps["viridis"]
+    word = _layer_word(stats)
+    with style():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 3.6), layout="constrained")
+        for epoch, g in curves.groupby("epoch", sort=True):
+            g = g.sort_values("layer")
+            init = int(epoch) == 0
+            left.plot(g["layer"], g["value"], color=cmap(norm(int(epoch))), marker="o", ms=2.5, lw=1.2,
+                      ls=":" if init else "-", label="init (epoch 0)" if init else f"_epoch {int(epoch)}")
+        best = entropy[is_best].sort_values("layer")
+        if not best.empty:
+            left.plot(best["layer"], best["value"], label=_best_label(best["epoch"].unique()), **_BEST_STYLE)
+        _integer_layer_axis(left, int(entropy["layer"].max()), word)
+        left.set_ylabel(METRIC_LABELS["entropy"])
+        left.set_title("(a) entropy profile per checkpoint")
+        if left.get_legend_handles_labels()[0]:
+            left.legend(loc="best", fontsize=7)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=left, fraction=0.05, pad=0.02, aspect=25)
+        bar.set_label("Epoch")
+        if len(epochs) <= 6:
+            bar.set_ticks(epochs)
+        x = summary["epoch"].to_numpy(dtype=float)
+        right.plot(x, summary["drop"].to_numpy(), marker="o", ms=3, color="C0", label="drop")
+        right.plot(x, summary["rise"].to_numpy(), marker="s", ms=3, color="C1", label="rise")
+        right.axhline(shape_tolerance, ls="--", color="0.45", lw=1.0, label=f"tolerance ({shape_tolerance:g} bits)")
+        u = summary.loc[summary["u_shaped"].astype(bool), "epoch"]
+        reading = (f"U-shaped at {len(u)} of {len(summary)} epochs, first at epoch {int(u.min())}" if len(u)
+                   else f"U-shaped at none of {len(summary)} epochs")
+        right.set_title(f"(b) shape reading: {reading}", fontsize=9)
+        right.set_xlabel("Epoch")
+        right.xaxis.set_major_locator(MaxNLocator(integer=True))
+        right.set_ylabel("bits (first - min, last - min)")
+        right.legend(loc="best", fontsize=7)
+        if title:
+            fig.suptitle(title)
+    return fig
