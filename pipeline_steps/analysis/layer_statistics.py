@@ -113,6 +113,30 @@ def _token_means(acts: ActivationsFile, chunk_images: int) -> tuple[torch.Tensor
     return _cached_token_means(str(acts.path.resolve()), (stat.st_mtime_ns, stat.st_size), chunk_images)
 
 
+@functools.lru_cache(maxsize=1)
+def _fix_mmap_threshold() -> bool:
+    """Fix glibc's mmap threshold at 1 MiB for this process (once); False where the C library is not glibc.
+
+    glibc serves a request above its mmap threshold with its own mmap, returned to the system on free, and the
+    rest from its heaps. The threshold is dynamic: each freed mmap'd block raises it to that block's size, so after
+    the first chunk the chunk-sized numpy/torch temporaries (float64 copies, FFTs, masks) all come from the heap,
+    and their freed space stays part of the process's resident set, fragmented, growing the peak RSS with the
+    number of chunks. A fixed threshold (``mallopt(M_MMAP_THRESHOLD)``, which also stops the adjustment) keeps
+    such temporaries in mmap'd blocks that leave with each chunk.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3                              # <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def _bootstrap(per_image: np.ndarray, draws: int, seed: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile-bootstrap interval of the mean over images, per row of ``[R, B]``; the same draws for all rows."""
     rows, n = per_image.shape
@@ -183,6 +207,7 @@ def layer_statistics(
     from pipeline_steps.analysis.spectral import SEP_MODES, SEP_RATIOS, _bandwidth, _sep_sums, low_frequency_share, \
         spectral_slope
 
+    _fix_mmap_threshold()
     if range_policy not in RANGE_POLICIES:
         raise UserError(f"unknown range policy {range_policy!r}; use one of {', '.join(RANGE_POLICIES)}")
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
