@@ -140,39 +140,28 @@ def _cka_from_features(feats_a: Iterable[torch.Tensor], feats_b: list[torch.Tens
     """:func:`_cka_from_grams` of the Gram matrices of float64 ``[n, C]`` features, without forming them.
 
     Model B's features are taken together (``[n, sum C_b]``), model A's one layer at a time (``feats_a`` may be
-    a generator): memory beyond model B's features is one A layer, ``C_a x sum C_b`` cross products and a few
-    numbers per image and layer. The estimator's scalar algebra runs once on ``[L_a, L_b]`` arrays.
+    a generator): memory beyond model B's features is one A layer and ``C_a x sum C_b`` cross products.
     """
     n = feats_b[0].shape[0]
     widths = [y.shape[1] for y in feats_b]
     b_all = torch.cat(feats_b, dim=1) if len(feats_b) > 1 else feats_b[0]
-    # Column c of b_all belongs to layer owner[c]: per-layer sums over columns are a product with this 0/1 map.
-    owner = torch.repeat_interleave(torch.arange(len(widths)), torch.tensor(widths))
-    blocks = torch.nn.functional.one_hot(owner, len(widths)).to(torch.float64)        # [sum C_b, L_b]
-
-    def terms(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        k, row, total = _hsic_terms(x)
-        # tr(K K) = ||X^T X||_F^2 = ||X X^T||_F^2: the smaller of the two products.
-        self_trace = (x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x).square_().sum()
-        return k, row, total, self_trace
-
-    tb = [terms(y) for y in feats_b]
-    l_diag, l_rows = torch.stack([t[0] for t in tb]), torch.stack([t[1] for t in tb])    # [L_b, n]
-    l_sums, l_self = torch.stack([t[2] for t in tb]), torch.stack([t[3] for t in tb])    # [L_b]
-    k_diag, k_rows, k_sums, k_self, cross = [], [], [], [], []
+    terms_b = [_hsic_terms(y) for y in feats_b]
+    l_diag = torch.stack([t[0] for t in terms_b], dim=1)        # [n, L_b]
+    l_rows = torch.stack([t[1] for t in terms_b], dim=1)        # [n, L_b]
+    l_sums = torch.stack([t[2] for t in terms_b])               # [L_b]
+    self_b = torch.stack([_hsic_from_terms(n, (y.T @ y).square().sum(), l_ @ l_, r @ r, s, s)
+                          for y, (l_, r, s) in zip(feats_b, terms_b)])
+    out = []
     for x in feats_a:
-        k, row, total, self_trace = terms(x)
-        k_diag.append(k), k_rows.append(row), k_sums.append(total), k_self.append(self_trace)
-        cross.append((x.T @ b_all).square_().sum(0) @ blocks)                          # ||X^T Y_j||_F^2, [L_b]
-    k_diag, k_rows, k_sums, k_self = (torch.stack(v) for v in (k_diag, k_rows, k_sums, k_self))
-    hsic = _hsic_from_terms(n, torch.stack(cross), k_diag @ l_diag.T, k_rows @ l_rows.T, k_sums[:, None],
-                            l_sums[None, :]).numpy()
-    self_a = _hsic_from_terms(n, k_self, (k_diag * k_diag).sum(1), (k_rows * k_rows).sum(1), k_sums, k_sums)
-    self_b = _hsic_from_terms(n, l_self, (l_diag * l_diag).sum(1), (l_rows * l_rows).sum(1), l_sums, l_sums)
-    denom = self_a.numpy()[:, None] * self_b.numpy()[None, :]
-    # Zero (or, from rounding, negative) self-HSIC: a layer that does not vary across images.
-    ok = denom > 0
-    return np.where(ok, hsic / np.sqrt(np.where(ok, denom, 1.0)), np.nan)
+        k, k_row, k_sum = _hsic_terms(x)
+        self_a = _hsic_from_terms(n, (x.T @ x).square().sum(), k @ k, k_row @ k_row, k_sum, k_sum)
+        cross = torch.stack([block.sum() for block in (x.T @ b_all).square_().split(widths, dim=1)])
+        hsic = _hsic_from_terms(n, cross, k @ l_diag, k_row @ l_rows, k_sum, l_sums)
+        denom = (self_a * self_b).numpy()
+        with np.errstate(invalid="ignore"):
+            # Zero (or, from rounding, negative) self-HSIC: a layer that does not vary across images.
+            out.append(np.where(denom > 0, hsic.numpy() / np.sqrt(np.where(denom > 0, denom, 1.0)), np.nan))
+    return np.stack(out)
 
 
 def _check_tokens(tokens: str) -> str:
