@@ -178,18 +178,20 @@ def format_run_id(name: str, seed: int) -> str:
     return f"{name}-s{seed}"
 
 
-def run_name(run_id: str) -> str:
-    """The ``distill.runs`` entry name of a run id (:func:`format_run_id` read back): ``spectralkd_f1-s0`` ->
-    ``spectralkd_f1``."""
+def _parse_run_id(run_id: str) -> tuple[str, int | None]:
+    """:func:`format_run_id` read back: ``(name, seed)``; ``(run_id, None)`` for an id of another form."""
     name, sep, seed = str(run_id).rpartition("-s")
-    return name if sep and seed.isdigit() else str(run_id)
+    return (name, int(seed)) if sep and seed.isdigit() else (str(run_id), None)
+
+
+def run_name(run_id: str) -> str:
+    """The ``distill.runs`` entry name of a run id: ``spectralkd_f1-s0`` -> ``spectralkd_f1``."""
+    return _parse_run_id(run_id)[0]
 
 
 def run_seed(run_id: str) -> int | None:
-    """The seed of a run id (:func:`format_run_id` read back): ``spectralkd_f1-s0`` -> 0; None for another id
-    (the teacher's)."""
-    _, sep, seed = str(run_id).rpartition("-s")
-    return int(seed) if sep and seed.isdigit() else None
+    """The seed of a run id: ``spectralkd_f1-s0`` -> 0; None for another id (the teacher's)."""
+    return _parse_run_id(run_id)[1]
 
 
 def distill_runs(params: Mapping) -> list[DistillRun]:
