@@ -404,8 +404,7 @@ def figure_evolution(values: pd.DataFrame, teacher: pd.DataFrame | None = None,
     shared_scale = len({(nm.vmin, nm.vmax) for nm in norms.values()}) == 1
     cmap = matplotlib.colormaps["viridis"]
     n = len(labels)
-    ncols = n if n <= 3 else (2 if n == 4 else 3)
-    nrows = int(np.ceil(n / ncols))
+    nrows, ncols = _grid(n)
     with style():
         # Constrained layout: it makes room for the colorbars (tight_layout does not).
         width = 3.6 * ncols + (0.8 if shared_scale else 0.9 * ncols)
@@ -518,7 +517,8 @@ BEST_MATCH_LABEL = "Most similar teacher layer (argmax CKA)"
 
 
 def _grid(n: int) -> tuple[int, int]:
-    """``(rows, columns)`` of ``n`` panels, as Fig. 4: one row up to three, 2 x 2 for four, then rows of three."""
+    """``(rows, columns)`` of ``n`` panels (Fig. 4 and the per-configuration figures): one row up to three, 2 x 2
+    for four, then rows of three."""
     ncols = n if n <= 3 else (2 if n == 4 else 3)
     return int(np.ceil(n / ncols)), ncols
 
