@@ -205,6 +205,24 @@ def small_sample(directory: Path, n_images: int = 3) -> tuple[Path, "SyntheticDa
     return data, test_set, manifest, read_manifest(manifest).sort_values("position")
 
 
+def vit_activations(path: Path, depth: int = 3, n: int = 11, seed: int = 0, width: int = 32) -> Path:
+    """An activations file of a random small ViT (``depth`` blocks of ``width``, weights seeded by ``seed``) on
+    ``n`` random images that are the same for every call, so files of different models pair up for CKA."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pipeline_steps.analysis.activations import write_activations
+    from pipeline_steps.models.build import create_model
+
+    torch.manual_seed(seed)
+    model = create_model({"arch": "vit_tiny_patch16_224", "kwargs": {
+        "img_size": 32, "patch_size": 8, "embed_dim": width, "depth": depth, "num_heads": 2, "num_classes": 10}})
+    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(123))
+    loader = DataLoader(TensorDataset(images, torch.arange(n) % 10), batch_size=4, shuffle=False)
+    write_activations(path, model, loader, list(range(depth)), {"image_ids": list(range(n))})
+    return path
+
+
 @pytest.fixture(scope="session")
 def kd(tmp_path_factory) -> KDWork:
     """The dataset (generated in-process) and a teacher trained on it (in-process, about a second)."""

@@ -23,17 +23,9 @@ from pipeline_steps.analysis.spectral import low_frequency_share, sep_bandwidth,
 from pipeline_steps.errors import UserError
 from pipeline_steps.models.build import create_model
 
+from conftest import vit_activations
+
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2, num_classes=10)
-
-
-def _write(path, depth: int = 3, n: int = 11, seed: int = 0, width: int = 32):
-    torch.manual_seed(seed)
-    model = create_model({"arch": "vit_tiny_patch16_224", "kwargs": dict(SMALL, depth=depth, embed_dim=width)})
-    g = torch.Generator().manual_seed(123)  # the same images for every model
-    images = torch.randn(n, 3, 32, 32, generator=g)
-    loader = DataLoader(TensorDataset(images, torch.arange(n) % 10), batch_size=4, shuffle=False)
-    write_activations(path, model, loader, list(range(depth)), {"image_ids": list(range(n))})
-    return path
 
 
 def _plant(path, layer: int, index: tuple[int, int, int, int], value: float) -> None:
@@ -56,7 +48,7 @@ def _values(table: pd.DataFrame, metric: str, level: float | None = None) -> np.
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """A 3-layer file whose layer 2 holds one massive activation (image 5, channel 7, token 6)."""
-    path = _write(tmp_path_factory.mktemp("stats") / "a.npz")
+    path = vit_activations(tmp_path_factory.mktemp("stats") / "a.npz")
     _plant(path, 1, (5, 7, 1, 2), 5.0e4)
     return path
 
@@ -136,8 +128,8 @@ def test_bootstrap_interval_is_the_percentile_interval_of_resampled_image_means(
 
 
 def test_cka_rows_against_a_reference_equal_linear_cka(tmp_path):
-    student = _write(tmp_path / "s.npz", depth=2, seed=1, width=16)
-    teacher = _write(tmp_path / "t.npz", depth=3, seed=2)
+    student = vit_activations(tmp_path / "s.npz", depth=2, seed=1, width=16)
+    teacher = vit_activations(tmp_path / "t.npz", depth=3, seed=2)
     table = layer_statistics(student, reference=teacher, bootstrap=0, chunk_images=4, model_label="run-s0",
                              run_id="run-s0", seed=0, checkpoint="epoch_0003", epoch=3)
     cka = table[table.metric == "cka"]
@@ -191,8 +183,8 @@ def test_bad_settings_are_user_errors(planted, kwargs, message):
 
 
 def test_fewer_than_four_images_leave_cka_undefined_and_the_rest_defined(tmp_path):
-    student = _write(tmp_path / "s.npz", depth=2, n=3, seed=1)
-    teacher = _write(tmp_path / "t.npz", depth=2, n=3, seed=2)
+    student = vit_activations(tmp_path / "s.npz", depth=2, n=3, seed=1)
+    teacher = vit_activations(tmp_path / "t.npz", depth=2, n=3, seed=2)
     table = layer_statistics(student, reference=teacher, bootstrap=10)
     assert table.loc[table.metric == "cka", "value"].isna().all() and (table.metric == "cka").sum() == 4
     assert table.loc[table.metric == "entropy", "value"].notna().all()

@@ -10,6 +10,8 @@ from pipeline_steps.steps import figures
 from pipeline_steps.reporting import plots
 from pipeline_steps.errors import UserError
 
+from conftest import vit_activations
+
 FIGURE_PARAMS = {"spectra_layers": "auto", "dpi": 60, "title": None}
 
 
@@ -204,23 +206,6 @@ def test_fig4_title_names_students_and_teacher_as_configured():
 STAT_PARAMS = {"spectra_layers": "auto", "dpi": 50, "title": None}
 
 
-def _write_npz(path, depth: int, width: int, seed: int, n: int = 6):
-    """A random ViT's activations on ``n`` fixed images (the same images for every seed, so CKA is defined)."""
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from pipeline_steps.analysis.activations import write_activations
-    from pipeline_steps.models.build import create_model
-
-    torch.manual_seed(seed)
-    model = create_model({"arch": "vit_tiny_patch16_224", "kwargs": dict(img_size=32, patch_size=8, num_heads=2,
-                                                                         num_classes=10, depth=depth, embed_dim=width)})
-    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(123))
-    loader = DataLoader(TensorDataset(images, torch.arange(n) % 10), batch_size=4, shuffle=False)
-    write_activations(path, model, loader, list(range(depth)), {"image_ids": list(range(n))})
-    return path
-
-
 @pytest.fixture(scope="module")
 def stat_tables(tmp_path_factory):
     """Real statistics tables: a 4-layer teacher (width 32) and two 3-layer students (width 16) with CKA rows
@@ -228,10 +213,10 @@ def stat_tables(tmp_path_factory):
     from pipeline_steps.analysis.layer_statistics import layer_statistics
 
     d = tmp_path_factory.mktemp("statistics")
-    teacher_npz = _write_npz(d / "teacher.npz", depth=4, width=32, seed=0)
+    teacher_npz = vit_activations(d / "teacher.npz", depth=4, n=6, seed=0, width=32)
     teacher = layer_statistics(teacher_npz, bootstrap=50)
-    students = [layer_statistics(_write_npz(d / f"s{k}.npz", depth=3, width=16, seed=k), reference=teacher_npz,
-                                 bootstrap=0) for k in (1, 2)]
+    students = [layer_statistics(vit_activations(d / f"s{k}.npz", depth=3, n=6, seed=k, width=16),
+                                 reference=teacher_npz, bootstrap=0) for k in (1, 2)]
     runs = []
     for run_id, table in [("softkd-s0", students[0]), ("softkd-s1", students[1]), ("spectralkd_f1-s0", students[1])]:
         for checkpoint, epoch in [("epoch_0000", 0), ("epoch_0001", 1), ("best", 1)]:

@@ -6,33 +6,19 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline_steps.analysis.activations import write_activations
 from pipeline_steps.analysis.layer_statistics import layer_statistics, statistics_settings, statistics_summary
 from pipeline_steps.config import load_params
-from pipeline_steps.models.build import create_model
 
-from conftest import assert_one_line_error, run_step
+from conftest import assert_one_line_error, run_step, vit_activations
 
 ANALYSIS = {"bins": 50, "range_policy": "global", "chunk_images": 3, "shape_tolerance": 0.05,
             "statistics": {"bootstrap": 200, "bootstrap_seed": 3, "confidence": 0.9}}
 CFG = json.dumps({"analysis": ANALYSIS})
 
 
-def _activations(path, depth=3, n=9):
-    torch.manual_seed(0)
-    model = create_model({"arch": "vit_tiny_patch16_224", "kwargs": {
-        "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": depth, "num_heads": 2, "num_classes": 10}})
-    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    loader = DataLoader(TensorDataset(images, torch.arange(n) % 10), batch_size=4)
-    write_activations(path, model, loader, list(range(depth)), {"image_ids": list(range(n))})
-    return path
-
-
 def test_the_step_writes_layer_statistics_and_its_summary_with_the_params_settings(tmp_path):
-    acts = _activations(tmp_path / "teacher.npz")
+    acts = vit_activations(tmp_path / "teacher.npz", n=9)
     out, summary = tmp_path / "stats" / "teacher.parquet", tmp_path / "stats" / "teacher_summary.parquet"
     proc = run_step("statistics", "--config-json", CFG, "--activations", str(acts), "--model-label", "cait",
                     "--out", str(out), "--summary", str(summary))
@@ -66,8 +52,8 @@ def test_headline_reads_the_statistics(tmp_path):
     """The headline's sections beyond entropy, each number read from the table that defines it."""
     from pipeline_steps.analysis.reductions import reduce_activations
 
-    teacher = _activations(tmp_path / "teacher.npz", depth=4)
-    students = {run: _activations(tmp_path / f"{run}.npz", depth=2) for run in ("softkd-s0", "softkd-s1")}
+    teacher = vit_activations(tmp_path / "teacher.npz", depth=4, n=9)
+    students = {run: vit_activations(tmp_path / f"{run}.npz", depth=2, n=9) for run in ("softkd-s0", "softkd-s1")}
     settings = statistics_settings(load_params([], [CFG])["analysis"])
     t_stats = layer_statistics(teacher, **settings)
     t_stats.to_parquet(tmp_path / "t.parquet")
