@@ -188,3 +188,32 @@ def test_fewer_than_four_images_leave_cka_undefined_and_the_rest_defined(tmp_pat
     table = layer_statistics(student, reference=teacher, bootstrap=10)
     assert table.loc[table.metric == "cka", "value"].isna().all() and (table.metric == "cka").sum() == 4
     assert table.loc[table.metric == "entropy", "value"].notna().all()
+
+
+@pytest.mark.parametrize("range_policy", ["global", "per_layer"])
+def test_without_massive_tokens_the_robust_entropy_is_the_entropy_of_every_token(tmp_path, range_policy):
+    """No massive activation anywhere: entropy_without_massive is the entropy of all tokens over the profile's
+    range, i.e. the entropy profile (under per_layer) or its global-range twin."""
+    path = _write(tmp_path / "a.npz", depth=3, n=9)
+    acts = ActivationsFile(path).load_all()
+    table = layer_statistics(path, range_policy=range_policy, bootstrap=0, chunk_images=4)
+    assert (_values(table, "massive_count") == 0).all() and (_values(table, "massive_token_share") == 0).all()
+    expected = channel_entropy(acts, range_policy=range_policy)
+    np.testing.assert_allclose(_values(table, "entropy_without_massive"), expected, rtol=1e-13)
+    np.testing.assert_allclose(_values(table, "entropy_without_massive"), _values(table, "entropy"), rtol=1e-13)
+
+
+def test_the_streaming_helpers_equal_numpy_and_the_rank_module():
+    from pipeline_steps.analysis.layer_statistics import _image_medians, _ranks
+    from pipeline_steps.analysis.rank import _threshold_rank
+
+    rng = np.random.default_rng(3)
+    for width in (1, 2, 7, 64):
+        mag = np.abs(rng.standard_normal((5, width))).astype(np.float32)
+        mag[0, : width // 2] = 0.0
+        np.testing.assert_array_equal(_image_medians(mag), np.median(mag.astype(np.float64), axis=1))
+    energy = torch.from_numpy(rng.exponential(size=(6, 3, 16)) ** 3)
+    energy[0, 0, 8:] = 0.0
+    cumulative = torch.cumsum(energy, -1) / energy.sum(-1, keepdim=True)
+    levels = np.array([0.5, 0.8, 0.9, 0.95, 0.99, 1.0])
+    np.testing.assert_array_equal(_ranks(cumulative, levels), _threshold_rank(cumulative, levels))

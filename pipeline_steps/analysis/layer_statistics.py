@@ -6,15 +6,19 @@
 :mod:`~pipeline_steps.analysis.similarity`, in two passes over the file:
 
 1. ranges (the entropy histogram's, and that of the tokens without massive activations), each image's median
-   ``|A|`` and the second moment ``sum X^T X`` of the dataset PCA;
+   ``|A|``, the massive activations (the largest, their count, the tokens holding one) and the second moment
+   ``sum X^T X`` of the dataset PCA;
 2. everything else: the entropy and magnitude of every image (for the bootstrap intervals), the entropy with
    per-layer range and without massive-activation tokens, the channel spectrum, effective rank, participation
-   ratio, per-image SVD ranks and shared-basis ranks, the SEP curve, the largest activation, and each image's
-   token-mean vector for CKA against a reference file.
+   ratio, per-image SVD ranks and shared-basis ranks, the SEP curve, and each image's token-mean vector for CKA
+   against a reference file.
 
-Memory beyond one chunk is a few numbers per image and layer plus a ``C x C`` matrix per layer; it does not
-grow with the activations. Each streamed value equals the one-shot function on the whole tensor: exactly
-(entropy, ranks, massive activations) or to float64 rounding (tests/test_layer_statistics.py).
+Memory beyond one chunk is a few numbers per image and layer (preallocated arrays of one row per image), a
+``C x C`` matrix per layer and the token means ``[B, C]`` for CKA, which is computed from them without ``B x B``
+Gram matrices (:class:`~pipeline_steps.analysis.similarity.CKAAccumulator`); it does not grow with the
+activations (benchmarks/bench_statistics.py, BENCHMARKS.md). Each streamed value equals the one-shot function on
+the whole tensor: exactly (entropy, ranks, massive activations) or to float64 rounding
+(tests/test_layer_statistics.py).
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ class _Layer:
         self.lo = self.hi = None                   # all values
         self.kept_lo = self.kept_hi = None         # values of tokens without a massive activation
         self.medians = np.empty(n_images)          # each image's median |A|
+        self.dropped = 0                           # tokens with a massive activation
+        self.n_massive = 0                         # massive values
+        self.top = (-1.0, np.nan, -1, -1)          # largest |A| (first position on ties), its ratio, channel, token
         self.moment: torch.Tensor | None = None    # sum over tokens of x x^T, float64 [C, C]
         self.tokens = 0
 
@@ -93,24 +100,79 @@ def _token_means_into(out: torch.Tensor, start: int, chunk: np.ndarray) -> torch
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_token_means(path: str, stamp: tuple[int, int], chunk_images: int) -> tuple[torch.Tensor, ...]:
+def _cached_reference(path: str, stamp: tuple[int, int], chunk_images: int) -> tuple[ActivationsFile, tuple]:
+    from pipeline_steps.analysis.similarity import _centred, _prepare
+
     acts = ActivationsFile(path)
-    means = []
+    layers = []
     for j in range(len(acts.layers)):
         b, c = acts.shape(j)[:2]
-        out = torch.empty((b, c), dtype=torch.float64)
+        means = torch.empty((b, c), dtype=torch.float64)
         for start, chunk in zip(range(0, b, chunk_images), acts.iter_chunks(j, chunk_images)):
-            _token_means_into(out, start, chunk)
-        means.append(out)
-    return tuple(means)
+            _token_means_into(means, start, chunk)
+        if not bool(torch.isfinite(means).all()):
+            raise UserError(f"the reference {path}: layer {j} holds NaN or inf; check the model and its inputs")
+        layers.append(_prepare(_centred(means)))
+    return acts, tuple(layers)
 
 
-def _token_means(acts: ActivationsFile, chunk_images: int) -> tuple[torch.Tensor, ...]:
-    """Each layer's token-mean features ``[B, C]`` float64, as :class:`CKAAccumulator` computes them from the
-    chunks. Cached by file and modification time: the evolution step compares every checkpoint of a run with the
-    same reference (the accumulator keeps them without a copy and does not change them)."""
-    stat = acts.path.stat()
-    return _cached_token_means(str(acts.path.resolve()), (stat.st_mtime_ns, stat.st_size), chunk_images)
+def _reference(path: str | Path, chunk_images: int) -> tuple[ActivationsFile, tuple]:
+    """The reference file and, per layer, its token-mean features ``[B, C]`` float64 centred and prepared for
+    :class:`CKAAccumulator` (as it would from the chunks). Cached by file and modification time: the evolution
+    step compares every checkpoint of a run with the same reference (nothing here changes them)."""
+    path = Path(path)
+    stat = path.stat()
+    return _cached_reference(str(path.resolve()), (stat.st_mtime_ns, stat.st_size), chunk_images)
+
+
+def _image_medians(mag: np.ndarray) -> np.ndarray:
+    """Each row's median of ``[b, M]`` float32 magnitudes, float64, equal to ``np.median`` of the float64 values
+    (the mean of the two middle values of an even count); a sort is several times faster than its partition."""
+    ordered = np.sort(mag, axis=1)
+    k = ordered.shape[1] // 2
+    if ordered.shape[1] % 2:
+        return ordered[:, k].astype(np.float64)
+    return (ordered[:, k - 1].astype(np.float64) + ordered[:, k]) / 2
+
+
+def _ranks(cumulative: torch.Tensor, energies: np.ndarray) -> np.ndarray:
+    """:func:`~pipeline_steps.analysis.rank._threshold_rank` without its loop over rows: on a non-decreasing row,
+    ``searchsorted(row, t, side="left")`` is the number of entries below ``t``."""
+    cum = cumulative.numpy()
+    below = (cum[..., None, :] < energies[:, None]).sum(-1)
+    return np.minimum(below + 1, cum.shape[-1]).astype(np.int64)
+
+
+def _svd_ranks(chunk: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """``svd_energy_rank(chunk[None], energies)[0]`` (the same float32 SVD) of a finite chunk."""
+    b, c = chunk.shape[:2]
+    energy = torch.linalg.svdvals(torch.from_numpy(chunk).reshape(b, c, -1).transpose(1, 2)).to(torch.float64) ** 2
+    total = energy.sum(-1, keepdim=True)
+    ranks = _ranks(torch.cumsum(energy, -1) / total.clamp_min(_TINY), energies)
+    ranks[total.squeeze(-1).numpy() == 0] = 0
+    return ranks
+
+
+def _shared_ranks(x: torch.Tensor, basis: torch.Tensor, energies: np.ndarray) -> np.ndarray:
+    """``rank._shared_basis_ranks`` of float64 ``[b, N, C]`` token matrices, with :func:`_ranks`."""
+    captured = torch.cumsum(((x @ basis) ** 2).sum(1), -1)
+    total = (x ** 2).sum(dim=(1, 2)).unsqueeze(-1)
+    ranks = _ranks(captured / total.clamp_min(_TINY), energies)
+    ranks[total.squeeze(-1).numpy() == 0] = 0
+    return ranks
+
+
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _participation_ratio(x: torch.Tensor) -> float:
+    """``participation_ratio(chunk[None])[0]`` from the chunk's float64 ``[b, N, C]`` token matrices (the same
+    operations, without converting and checking the chunk again)."""
+    x = x - x.mean(dim=1, keepdim=True)
+    gram = x.transpose(1, 2) @ x if x.shape[2] <= x.shape[1] else x @ x.transpose(1, 2)
+    trace = torch.diagonal(gram, dim1=1, dim2=2).sum(-1)
+    frob2 = (gram * gram).sum(dim=(1, 2))
+    return float((trace * trace / frob2).mean())
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,7 +212,8 @@ def _bootstrap(per_image: np.ndarray, draws: int, seed: int, confidence: float) 
         idx = rng.integers(0, n, size=(min(block, draws - start), n))
         means[start:start + idx.shape[0]] = per_image[:, idx].mean(axis=2).T
     alpha = (1 - confidence) / 2
-    return np.quantile(means, alpha, axis=0), np.quantile(means, 1 - alpha, axis=0)
+    low, high = np.quantile(means, [alpha, 1 - alpha], axis=0)
+    return low, high
 
 
 def layer_statistics(
@@ -201,8 +264,7 @@ def layer_statistics(
         UserError: Bad settings, activations with NaN or inf, or a reference on other images.
     """
     from pipeline_steps.analysis.metrics import RANGE_POLICIES, MetricAccumulator, channel_entropy
-    from pipeline_steps.analysis.rank import (ENERGY_LEVELS, _eigh_descending, _shared_basis_ranks, _threshold_rank,
-                                              effective_rank, participation_ratio, svd_energy_rank)
+    from pipeline_steps.analysis.rank import (ENERGY_LEVELS, _eigh_descending, _entropy_rank, _threshold_rank)
     from pipeline_steps.analysis.similarity import CKAAccumulator
     from pipeline_steps.analysis.spectral import SEP_MODES, SEP_RATIOS, _bandwidth, _sep_sums, low_frequency_share, \
         spectral_slope
@@ -219,7 +281,7 @@ def layer_statistics(
     n_layers = len(acts.layers)
     ref = None
     if reference is not None:
-        ref = ActivationsFile(reference)
+        ref, ref_layers = _reference(reference, chunk_images)
         if list(ref.meta.get("image_ids", [])) != list(meta.get("image_ids", [])):
             raise UserError(f"the reference {reference} holds other images than {npz_path} (their image_ids "
                             "differ); extract both with the same sample manifest")
@@ -233,16 +295,31 @@ def layer_statistics(
         for start, chunk in zip(itertools.count(0, chunk_images), acts.iter_chunks(i, chunk_images)):
             if not np.all(np.isfinite(chunk)):
                 raise UserError(f"{npz_path}: layer {i} holds NaN or inf; check the model and its inputs")
-            mag = np.abs(chunk.astype(np.float64))  # float64 as massive_activations: the median of an even count is a mean
-            median = np.median(mag.reshape(len(chunk), -1), axis=1)
-            s.medians[start:start + len(chunk)] = median
+            b, c = chunk.shape[:2]
+            tokens_per_image = chunk.shape[2] * chunk.shape[3]
+            mag = np.abs(chunk)  # float32 |A| is exact; medians and ratios in float64 as massive_activations
+            median = _image_medians(mag.reshape(b, -1))
+            s.medians[start:start + b] = median
             s.lo, s.hi = _fold_min(s.lo, chunk.min()), _fold_max(s.hi, chunk.max())
-            kept = ~_massive_mask(mag, median, massive_min_ratio, massive_min_magnitude).any(axis=1)  # [b, H, W]
-            if kept.any():
+            # Massive activations: the largest |A| (first position on ties), its ratio, and the massive tokens.
+            massive = _massive_mask(mag, median, massive_min_ratio, massive_min_magnitude)
+            s.n_massive += int(massive.sum())
+            flat = int(np.argmax(mag))
+            if float(mag.reshape(-1)[flat]) > s.top[0]:
+                top_abs = float(mag.reshape(-1)[flat])
+                j, rest = divmod(flat, c * tokens_per_image)
+                channel, token = divmod(rest, tokens_per_image)
+                ratio = top_abs / median[j] if median[j] > 0 else (np.inf if top_abs > 0 else 0.0)
+                s.top = (top_abs, ratio, channel, token)
+            kept = ~massive.any(axis=1)  # [b, H, W]
+            n_kept = int(kept.sum())
+            s.dropped += kept.size - n_kept
+            if n_kept:
                 tokens = chunk.transpose(0, 2, 3, 1)[kept]
                 s.kept_lo, s.kept_hi = _fold_min(s.kept_lo, tokens.min()), _fold_max(s.kept_hi, tokens.max())
-            z = torch.from_numpy(chunk).to(torch.float64).flatten(2).transpose(1, 2).reshape(-1, chunk.shape[1])
-            s.moment = z.T @ z if s.moment is None else s.moment + z.T @ z
+            z = torch.from_numpy(chunk).to(torch.float64).flatten(2).transpose(1, 2).reshape(-1, c)
+            moment = z.T @ z
+            s.moment = moment if s.moment is None else s.moment + moment
             s.tokens += z.shape[0]
 
     global_range = (min(s.lo for s in layers), max(s.hi for s in layers))
@@ -264,54 +341,43 @@ def layer_statistics(
         pca = (_threshold_rank(torch.cumsum(lam, 0) / total, energies) if total > 0
                else np.full(energies.size, np.nan))
         sums = {"effective_rank": 0.0, "participation_ratio": 0.0, "per_layer": 0.0, "kept": 0.0}
-        kept_tokens = dropped_tokens = 0
+        kept_tokens = 0
         n_images = len(s.medians)
-        svd_ranks = np.empty((n_images, energies.size), dtype=np.int64)
-        shared_ranks = np.empty((n_images, energies.size), dtype=np.int64)
+        ranks = np.empty((n_images, 2, energies.size), dtype=np.int64)   # per image: SVD, shared-basis ranks
         if cka is not None:
             means = torch.empty((n_images, acts.shape(i)[1]), dtype=torch.float64)
         sep = {mode: np.zeros(0) for mode in SEP_MODES}
         sep_tokens = 0
-        top_abs, top_ratio, top_channel, top_token, n_massive = -1.0, np.nan, -1, -1, 0
-        medians = s.medians
         image = 0
         for chunk in acts.iter_chunks(i, chunk_images):
             b, c = chunk.shape[:2]
             tokens_per_image = chunk.shape[2] * chunk.shape[3]
             metrics.update(i, chunk)
             batch = chunk[None]
-            sums["effective_rank"] += float(effective_rank(batch)[0]) * b
-            sums["participation_ratio"] += float(participation_ratio(batch)[0]) * b
-            sums["per_layer"] += float(channel_entropy(batch, bins, value_range=(s.lo, s.hi))[0]) * b * tokens_per_image
-            svd_ranks[image:image + b] = svd_energy_rank(batch, energies)[0]
             if cka is not None:
-                x = _token_means_into(means, image, chunk).flatten(2).transpose(1, 2)
+                x4 = _token_means_into(means, image, chunk)
             else:
-                x = torch.from_numpy(chunk).to(torch.float64).flatten(2).transpose(1, 2)
-            shared_ranks[image:image + b] = _shared_basis_ranks(x, basis, energies)
-            for mode, (curve_sum, nonzero) in _sep_sums(torch.from_numpy(chunk), SEP_MODES).items():
+                x4 = torch.from_numpy(chunk).to(torch.float64)
+            x = x4.flatten(2).transpose(1, 2)                                  # [b, N, C] token matrices
+            sums["effective_rank"] += float(_entropy_rank(torch.linalg.svdvals(x)).mean()) * b
+            sums["participation_ratio"] += _participation_ratio(x) * b
+            sums["per_layer"] += float(channel_entropy(batch, bins, value_range=(s.lo, s.hi))[0]) * b * tokens_per_image
+            ranks[image:image + b, 0] = _svd_ranks(chunk, energies)
+            ranks[image:image + b, 1] = _shared_ranks(x, basis, energies)
+            for mode, (curve_sum, nonzero) in _sep_sums(x4, SEP_MODES).items():
                 sep[mode] = curve_sum if sep[mode].size == 0 else sep[mode] + curve_sum
             sep_tokens += nonzero
-            # Massive activations: the largest |A| (first position on ties), its ratio, and the massive tokens.
-            mag = np.abs(chunk.astype(np.float64))  # float64 as massive_activations: the median of an even count is a mean
-            median = medians[image:image + b]
-            massive = _massive_mask(mag, median, massive_min_ratio, massive_min_magnitude)
-            n_massive += int(massive.sum())
-            flat = int(np.argmax(mag))
-            j, rest = divmod(flat, c * tokens_per_image)
-            if float(mag.reshape(-1)[flat]) > top_abs:
-                top_abs = float(mag.reshape(-1)[flat])
-                channel, token = divmod(rest, tokens_per_image)
-                top_channel, top_token = channel, token
-                top_ratio = top_abs / median[j] if median[j] > 0 else (np.inf if top_abs > 0 else 0.0)
-            kept = ~massive.any(axis=1)
-            n_kept = int(kept.sum())
-            dropped_tokens += kept.size - n_kept
-            if n_kept:
-                tokens = chunk.transpose(0, 2, 3, 1)[kept]                       # [K, C]
-                entropy = channel_entropy(tokens.T[None, None, :, :, None], bins, value_range=kept_ranges[i])
-                sums["kept"] += float(entropy[0]) * n_kept
-                kept_tokens += n_kept
+            # The kept tokens as one image's [C, K] token-major rows (contiguous: binned faster, the same counts).
+            if s.dropped:
+                median = s.medians[image:image + b]
+                kept = ~_massive_mask(np.abs(chunk), median, massive_min_ratio, massive_min_magnitude).any(axis=1)
+                tokens = np.ascontiguousarray(chunk.transpose(1, 0, 2, 3)[:, kept])      # [C, K]
+            else:
+                tokens = np.ascontiguousarray(chunk.transpose(1, 0, 2, 3)).reshape(c, -1)  # every token, same order
+            if tokens.shape[1]:
+                entropy = channel_entropy(tokens[None, None, :, :, None], bins, value_range=kept_ranges[i])
+                sums["kept"] += float(entropy[0]) * tokens.shape[1]
+                kept_tokens += tokens.shape[1]
             image += b
 
         if cka is not None:
@@ -320,9 +386,8 @@ def layer_statistics(
                       ("participation_ratio", np.nan, sums["participation_ratio"] / n_images),
                       ("entropy_per_layer_range", np.nan, sums["per_layer"] / (n_images * tokens_per_image)),
                       ("entropy_without_massive", np.nan, sums["kept"] / kept_tokens if kept_tokens else np.nan),
-                      ("massive_token_share", np.nan, dropped_tokens / (dropped_tokens + kept_tokens))]
-        svd_p99, svd_mean = np.percentile(svd_ranks, 99, axis=0), svd_ranks.mean(axis=0)
-        shared_p99 = np.percentile(shared_ranks, 99, axis=0)
+                      ("massive_token_share", np.nan, s.dropped / s.tokens)]
+        (svd_p99, shared_p99), svd_mean = np.percentile(ranks, 99, axis=0), ranks[:, 0].mean(axis=0)
         for k, level in enumerate(energies):
             layer_rows += [("svd_rank_p99", level, float(svd_p99[k])), ("svd_rank_mean", level, float(svd_mean[k])),
                            ("pca_dimension", level, float(pca[k])),
@@ -331,8 +396,9 @@ def layer_statistics(
             curve = sep[mode][None] / sep_tokens if sep_tokens else np.full((1, 1), np.nan)
             bandwidth = _bandwidth(curve, ratios)[0] if sep_tokens else np.full(ratios.size, np.nan)
             layer_rows += [(metric, r, float(v)) for r, v in zip(ratios, bandwidth)]
+        top_abs, top_ratio, top_channel, top_token = s.top
         layer_rows += [("massive_max_abs", np.nan, top_abs), ("massive_max_ratio", np.nan, float(top_ratio)),
-                       ("massive_count", np.nan, float(n_massive)),
+                       ("massive_count", np.nan, float(s.n_massive)),
                        ("massive_top_channel", np.nan, float(top_channel)),
                        ("massive_top_token", np.nan, float(top_token))]
         rows += [{"layer": i, "metric": m, "level": lv, "value": v} for m, lv, v in layer_rows]
@@ -344,36 +410,56 @@ def layer_statistics(
                      "value": float(low_frequency_share(spectrum[i][None], LOW_FREQUENCY_CUTOFF)[0])})
         rows.append({"layer": i, "metric": "spectral_slope", "level": np.nan,
                      "value": float(spectral_slope(spectrum[i][None])[0])})
-    for metric in ("entropy", "magnitude"):
-        low, high = _bootstrap(result[f"image_{metric}"], bootstrap, bootstrap_seed, confidence)
+    # One bootstrap for both profiles: the same draws for every row, as two calls with the same seed would make.
+    low, high = _bootstrap(np.concatenate([result["image_entropy"], result["image_magnitude"]]), bootstrap,
+                           bootstrap_seed, confidence)
+    for m, metric in enumerate(("entropy", "magnitude")):
         rows += [{"layer": i, "metric": metric, "level": np.nan, "value": float(result[metric][i]),
-                  "ci_low": float(low[i]), "ci_high": float(high[i])} for i in range(n_layers)]
+                  "ci_low": float(low[m * n_layers + i]), "ci_high": float(high[m * n_layers + i])}
+                 for i in range(n_layers)]
     if cka is not None:
-        for j, features in enumerate(_token_means(ref, chunk_images)):
-            cka._keep("a", j, features)
+        for j, prepared in enumerate(ref_layers):
+            cka._keep_prepared("a", j, prepared)
         # The unbiased estimator needs 4 images; a smaller sample still gets every other statistic.
         matrix = cka.result() if result["n_images"] >= 4 else np.full((len(ref.layers), n_layers), np.nan)
-        ref_layers = [k + 1 for k in ref.meta["layer_indices"]]
+        teacher_layers = [k + 1 for k in ref.meta["layer_indices"]]
         rows += [{"layer": i, "metric": "cka", "level": np.nan, "value": float(matrix[j, i]),
-                  "teacher_layer": ref_layers[j]} for j in range(len(ref_layers)) for i in range(n_layers)]
+                  "teacher_layer": teacher_layers[j]} for j in range(len(teacher_layers)) for i in range(n_layers)]
 
-    table = pd.DataFrame(rows)
-    positions = table["layer"].to_numpy()
-    table["layer"] = np.asarray(meta["layer_indices"])[positions] + 1
-    table["layer_name"] = np.asarray(meta["layer_names"], dtype=object)[positions]
-    for column in ("teacher_layer", "ci_low", "ci_high"):
-        if column not in table:
-            table[column] = np.nan
-    table = table.assign(model=model_label, run_id=run_id if run_id is not None else model_label, seed=seed,
-                         checkpoint=checkpoint, epoch=epoch, n_images=int(result["n_images"]))
-    table = table[list(STATISTICS_COLUMNS)].astype({"seed": "Int64", "epoch": "Int64", "teacher_layer": "Int64",
-                                                    "level": "float64", "value": "float64", "ci_low": "float64",
-                                                    "ci_high": "float64", "layer": "int64", "n_images": "int64"})
-    # Layer-major order, the profile metrics first: the table reads like the reductions table.
-    order = {m: k for k, m in enumerate(dict.fromkeys(["entropy", "magnitude", *table["metric"]]))}
-    table = table.assign(_order=table["metric"].map(order)).sort_values(
-        ["_order", "teacher_layer", "layer", "level"], kind="stable", na_position="first")
-    return table.drop(columns="_order").reset_index(drop=True)
+    return _table(rows, meta, {"model": model_label, "run_id": run_id if run_id is not None else model_label,
+                               "seed": seed, "checkpoint": checkpoint, "epoch": epoch},
+                  int(result["n_images"]))
+
+
+def _table(rows: list[dict[str, Any]], meta: Mapping[str, Any], labels: Mapping[str, Any],
+           n_images: int) -> pd.DataFrame:
+    """The statistics table of ``rows`` (``layer`` the position in the file; ``level``, ``ci_low``, ``ci_high``,
+    ``teacher_layer`` NaN where absent), columns built once as arrays (the per-checkpoint table is assembled for
+    every checkpoint of every run: pandas' row-wise construction and per-column casts cost as much as a statistic).
+    """
+    n = len(rows)
+
+    def column(key: str) -> np.ndarray:
+        return np.fromiter((r.get(key, np.nan) for r in rows), dtype=np.float64, count=n)
+
+    positions = np.fromiter((r["layer"] for r in rows), dtype=np.int64, count=n)
+    metric = np.array([r["metric"] for r in rows], dtype=object)
+    level, teacher = column("level"), column("teacher_layer")
+    layer = np.asarray(meta["layer_indices"], dtype=np.int64)[positions] + 1
+    # Layer-major order, the profile metrics first (the table reads like the reductions table): a stable sort by
+    # metric (first-seen order, entropy and magnitude first), teacher layer, layer and level, NaN first.
+    rank = {m: k for k, m in enumerate(dict.fromkeys(["entropy", "magnitude", *metric]))}
+    order = np.lexsort((np.where(np.isnan(level), -np.inf, level), layer,
+                        np.where(np.isnan(teacher), -np.inf, teacher),
+                        np.fromiter((rank[m] for m in metric), dtype=np.int64, count=n)))
+    columns = {"model": labels["model"], "run_id": labels["run_id"],
+               "seed": pd.array([labels["seed"]] * n, dtype="Int64"), "checkpoint": labels["checkpoint"],
+               "epoch": pd.array([labels["epoch"]] * n, dtype="Int64"), "layer": layer[order],
+               "layer_name": np.asarray(meta["layer_names"], dtype=object)[positions[order]],
+               "teacher_layer": pd.array(teacher[order], dtype="Int64"), "metric": metric[order],
+               "level": level[order], "value": column("value")[order], "ci_low": column("ci_low")[order],
+               "ci_high": column("ci_high")[order], "n_images": np.full(n, n_images, dtype=np.int64)}
+    return pd.DataFrame(columns, columns=list(STATISTICS_COLUMNS))
 
 
 def statistics_summary(table: pd.DataFrame, shape_tolerance: float) -> pd.DataFrame:

@@ -26,11 +26,13 @@ Streaming (:class:`CKAAccumulator`): the estimator is computed from the centred 
 ``tr(K~ L~) = ||X^T Y||_F^2 - sum_i k_i l_i`` with ``k = diag(K)`` the squared row norms, ``1' K~ 1 = ||X^T 1||^2 -
 sum k`` and ``K~ 1 = X (X^T 1) - k``, so its memory is ``O(n C)`` (the features), not the ``O(n^2)`` of a Gram
 matrix per layer. :func:`linear_cka` keeps the Gram form, which ``tokens="flatten"`` (``C H W`` features) needs.
+The two agree to float64 rounding unless one image's features dwarf the others' (then the subtracted
+``sum k_i l_i`` costs the feature form digits: 7e-9 relative for a 10^4 outlier among 32 images; method.md 9.1).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -136,32 +138,62 @@ def _cka_from_grams(grams_a: list[torch.Tensor], grams_b: list[torch.Tensor]) ->
     return out
 
 
-def _cka_from_features(feats_a: Iterable[torch.Tensor], feats_b: list[torch.Tensor]) -> np.ndarray:
-    """:func:`_cka_from_grams` of the Gram matrices of float64 ``[n, C]`` features, without forming them.
+class _Prepared(NamedTuple):
+    """One layer's centred ``[n, C]`` features and the estimator's sums that involve no other layer."""
 
-    Model B's features are taken together (``[n, sum C_b]``), model A's one layer at a time (``feats_a`` may be
-    a generator): memory beyond model B's features is one A layer and ``C_a x sum C_b`` cross products.
+    x: torch.Tensor           # centred features
+    k: torch.Tensor           # diag K, [n]
+    row: torch.Tensor         # K~ 1, [n]
+    total: torch.Tensor       # 1' K~ 1
+    self_trace: torch.Tensor  # tr(K K) = ||X^T X||_F^2
+    kk: torch.Tensor          # sum_i k_i^2
+    rr: torch.Tensor          # (K~ 1).(K~ 1)
+
+
+def _prepare(x: torch.Tensor) -> _Prepared:
+    """:class:`_Prepared` of centred float64 ``[n, C]`` features."""
+    k, row, total = _hsic_terms(x)
+    return _Prepared(x, k, row, total, (x.T @ x).square().sum(), k @ k, row @ row)
+
+
+def _cka_from_features(feats_a: Iterable[torch.Tensor], feats_b: list[torch.Tensor]) -> np.ndarray:
+    """:func:`_cka_from_grams` of the Gram matrices of centred float64 ``[n, C]`` features, without forming them
+    (``feats_a`` may be a generator: model A is taken one layer at a time)."""
+    return _cka_from_prepared((_prepare(x) for x in feats_a), [_prepare(y) for y in feats_b])
+
+
+def _cka_from_prepared(prep_a: Iterable[_Prepared], prep_b: list[_Prepared]) -> np.ndarray:
+    """CKA between every layer of ``prep_a`` and of ``prep_b``.
+
+    Model B's features are taken together (``[n, sum C_b]``), model A's one layer at a time: memory beyond the
+    features is one A layer's ``C_a x sum C_b`` cross products and a few numbers per image and layer. The sums
+    are formed layer by layer; the estimator's elementwise algebra then runs once on ``[L_a, L_b]`` arrays (the
+    same operations on the same numbers as pair by pair).
     """
-    n = feats_b[0].shape[0]
-    widths = [y.shape[1] for y in feats_b]
-    b_all = torch.cat(feats_b, dim=1) if len(feats_b) > 1 else feats_b[0]
-    terms_b = [_hsic_terms(y) for y in feats_b]
-    l_diag = torch.stack([t[0] for t in terms_b], dim=1)        # [n, L_b]
-    l_rows = torch.stack([t[1] for t in terms_b], dim=1)        # [n, L_b]
-    l_sums = torch.stack([t[2] for t in terms_b])               # [L_b]
-    self_b = torch.stack([_hsic_from_terms(n, (y.T @ y).square().sum(), l_ @ l_, r @ r, s, s)
-                          for y, (l_, r, s) in zip(feats_b, terms_b)])
-    out = []
-    for x in feats_a:
-        k, k_row, k_sum = _hsic_terms(x)
-        self_a = _hsic_from_terms(n, (x.T @ x).square().sum(), k @ k, k_row @ k_row, k_sum, k_sum)
-        cross = torch.stack([block.sum() for block in (x.T @ b_all).square_().split(widths, dim=1)])
-        hsic = _hsic_from_terms(n, cross, k @ l_diag, k_row @ l_rows, k_sum, l_sums)
-        denom = (self_a * self_b).numpy()
-        with np.errstate(invalid="ignore"):
-            # Zero (or, from rounding, negative) self-HSIC: a layer that does not vary across images.
-            out.append(np.where(denom > 0, hsic.numpy() / np.sqrt(np.where(denom > 0, denom, 1.0)), np.nan))
-    return np.stack(out)
+    n = prep_b[0].x.shape[0]
+    widths = [p.x.shape[1] for p in prep_b]
+    b_all = torch.cat([p.x for p in prep_b], dim=1) if len(prep_b) > 1 else prep_b[0].x
+    l_diag = torch.stack([p.k for p in prep_b], dim=1)          # [n, L_b]
+    l_rows = torch.stack([p.row for p in prep_b], dim=1)        # [n, L_b]
+    l_sums = torch.stack([p.total for p in prep_b])             # [L_b]
+    self_b = _hsic_from_terms(n, torch.stack([p.self_trace for p in prep_b]), torch.stack([p.kk for p in prep_b]),
+                              torch.stack([p.rr for p in prep_b]), l_sums, l_sums)
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in ("self", "kk", "rr", "sum", "cross", "kl", "rl")}
+    for p in prep_a:
+        parts["self"].append(p.self_trace)
+        parts["kk"].append(p.kk)
+        parts["rr"].append(p.rr)
+        parts["sum"].append(p.total)
+        parts["cross"].append(torch.stack([block.sum() for block in (p.x.T @ b_all).square_().split(widths, dim=1)]))
+        parts["kl"].append(p.k @ l_diag)
+        parts["rl"].append(p.row @ l_rows)
+    a = {key: torch.stack(v) for key, v in parts.items()}
+    self_a = _hsic_from_terms(n, a["self"], a["kk"], a["rr"], a["sum"], a["sum"])
+    hsic = _hsic_from_terms(n, a["cross"], a["kl"], a["rl"], a["sum"][:, None], l_sums[None, :]).numpy()
+    denom = (self_a[:, None] * self_b[None, :]).numpy()
+    # Zero (or, from rounding, negative) self-HSIC: a layer that does not vary across images.
+    ok = denom > 0
+    return np.where(ok, hsic / np.sqrt(np.where(ok, denom, 1.0)), np.nan)
 
 
 def _check_tokens(tokens: str) -> str:
@@ -227,6 +259,8 @@ class CKAAccumulator:
                 raise UserError(f"{name} must be a positive integer, got {n!r}")
         self._features: dict[str, list[list[torch.Tensor]]] = {
             "a": [[] for _ in range(int(n_layers_a))], "b": [[] for _ in range(int(n_layers_b))]}
+        self._prepared: dict[str, list[_Prepared | None]] = {side: [None] * len(parts)
+                                                             for side, parts in self._features.items()}
 
     def _update(self, side: str, layer: int, chunk: Any) -> None:
         parts = self._features[side]
@@ -244,6 +278,11 @@ class CKAAccumulator:
             raise UserError(f"model {side.upper()} layer {layer} got {x.shape[1]} channels but earlier chunks had "
                             f"{parts[layer][0].shape[1]}; keep the [b, C, H, W] layout for every chunk")
         parts[layer].append(x)
+
+    def _keep_prepared(self, side: str, layer: int, prepared: _Prepared) -> None:
+        """Take a layer's whole sample already centred and prepared (:func:`_prepare`; e.g. a reference's, prepared
+        once for many calls), in place of chunks."""
+        self._prepared[side][layer] = prepared
 
     def update_a(self, layer: int, chunk: Any) -> None:
         """Fold a ``[b, C, H, W]`` chunk of model A's layer ``layer`` (0-based) in; images in sample order."""
@@ -264,14 +303,20 @@ class CKAAccumulator:
         """
         feats = {}
         for side, parts in self._features.items():
-            missing = [i for i, p in enumerate(parts) if not p]
+            prepared = self._prepared[side]
+            missing = [i for i, (p, q) in enumerate(zip(parts, prepared)) if not p and q is None]
             if missing:
                 raise UserError(f"no chunk seen for model {side.upper()} layer(s) {missing}; update every layer "
                                 "before result()")
-            feats[side] = [p[0] if len(p) == 1 else torch.cat(p) for p in parts]
-        counts = sorted({x.shape[0] for side in feats.values() for x in side})
+            feats[side] = [q if q is not None else p[0] if len(p) == 1 else torch.cat(p)
+                           for p, q in zip(parts, prepared)]
+        counts = sorted({(x.x if isinstance(x, _Prepared) else x).shape[0] for side in feats.values() for x in side})
         if len(counts) != 1:
             raise UserError(f"layers saw different numbers of images ({counts}); feed every layer of both "
                             "models the same images")
         _check_images(counts[0])
-        return _cka_from_features((_centred(x) for x in feats["a"]), [_centred(y) for y in feats["b"]])
+
+        def prepared(x: torch.Tensor | _Prepared) -> _Prepared:
+            return x if isinstance(x, _Prepared) else _prepare(_centred(x))
+
+        return _cka_from_prepared((prepared(x) for x in feats["a"]), [prepared(y) for y in feats["b"]])
