@@ -194,7 +194,7 @@ def test_fewer_than_four_images_leave_cka_undefined_and_the_rest_defined(tmp_pat
 def test_without_massive_tokens_the_robust_entropy_is_the_entropy_of_every_token(tmp_path, range_policy):
     """No massive activation anywhere: entropy_without_massive is the entropy of all tokens over the profile's
     range, i.e. the entropy profile (under per_layer) or its global-range twin."""
-    path = _write(tmp_path / "a.npz", depth=3, n=9)
+    path = vit_activations(tmp_path / "a.npz", depth=3, n=9)
     acts = ActivationsFile(path).load_all()
     table = layer_statistics(path, range_policy=range_policy, bootstrap=0, chunk_images=4)
     assert (_values(table, "massive_count") == 0).all() and (_values(table, "massive_token_share") == 0).all()
