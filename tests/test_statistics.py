@@ -136,6 +136,26 @@ def test_streaming_cka_equals_one_shot():
     np.testing.assert_allclose(acc.result(), linear_cka(a, b), rtol=1e-12, atol=1e-14)
 
 
+
+def test_token_means_and_a_prepared_side_give_the_chunks_result_to_the_bit():
+    """What layer_statistics feeds: one model's token means chunk by chunk, the other side prepared once."""
+    from pipeline_steps.analysis.similarity import prepare_features
+
+    a, b = _acts(12, (3, 9, 8, 3, 3)), _acts(13, (2, 9, 5, 2, 2))
+    by_chunks, by_parts = CKAAccumulator(3, 2), CKAAccumulator(3, 2)
+    for layer in range(3):
+        by_chunks.update_a(layer, a[layer])
+        by_parts.set_prepared("a", layer, prepare_features(torch.from_numpy(a[layer]).mean(dim=(2, 3))))
+    for layer in range(2):
+        for lo, hi in [(0, 4), (4, 9)]:
+            by_chunks.update_b(layer, b[layer, lo:hi])
+            by_parts.update_means("b", layer, torch.from_numpy(b[layer, lo:hi]).mean(dim=(2, 3)))
+    np.testing.assert_array_equal(by_parts.result(), by_chunks.result())
+    with pytest.raises(UserError, match="side must be 'a' or 'b'"):
+        by_parts.update_means("c", 0, torch.zeros(2, 8, dtype=torch.float64))
+    with pytest.raises(UserError, match="layer must be"):
+        by_parts.set_prepared("b", 2, prepare_features(torch.zeros(9, 5, dtype=torch.float64)))
+
 @pytest.mark.parametrize("n, c, d, shift", [(4, 3, 5, 0.0), (9, 16, 2, 0.0), (40, 7, 11, 2.5), (33, 64, 128, 0.0)])
 def test_hsic_from_features_equals_the_gram_form(n, c, d, shift):
     """The accumulator's Gram-free estimator (||X^T Y||^2, row norms, X^T 1) against Song et al.'s on K = X X^T,

@@ -101,7 +101,7 @@ def _token_means_into(out: torch.Tensor, start: int, chunk: np.ndarray) -> torch
 
 @functools.lru_cache(maxsize=2)
 def _cached_reference(path: str, stamp: tuple[int, int], chunk_images: int) -> tuple[ActivationsFile, tuple]:
-    from pipeline_steps.analysis.similarity import _centred, _prepare
+    from pipeline_steps.analysis.similarity import prepare_features
 
     acts = ActivationsFile(path)
     layers = []
@@ -112,7 +112,7 @@ def _cached_reference(path: str, stamp: tuple[int, int], chunk_images: int) -> t
             _token_means_into(means, start, chunk)
         if not bool(torch.isfinite(means).all()):
             raise UserError(f"the reference {path}: layer {j} holds NaN or inf; check the model and its inputs")
-        layers.append(_prepare(_centred(means)))
+        layers.append(prepare_features(means))
     return acts, tuple(layers)
 
 
@@ -381,7 +381,7 @@ def layer_statistics(
             image += b
 
         if cka is not None:
-            cka._keep("b", i, means)
+            cka.update_means("b", i, means)
         layer_rows = [("effective_rank", np.nan, sums["effective_rank"] / n_images),
                       ("participation_ratio", np.nan, sums["participation_ratio"] / n_images),
                       ("entropy_per_layer_range", np.nan, sums["per_layer"] / (n_images * tokens_per_image)),
@@ -419,7 +419,7 @@ def layer_statistics(
                  for i in range(n_layers)]
     if cka is not None:
         for j, prepared in enumerate(ref_layers):
-            cka._keep_prepared("a", j, prepared)
+            cka.set_prepared("a", j, prepared)
         # The unbiased estimator needs 4 images; a smaller sample still gets every other statistic.
         matrix = cka.result() if result["n_images"] >= 4 else np.full((len(ref.layers), n_layers), np.nan)
         teacher_layers = [k + 1 for k in ref.meta["layer_indices"]]

@@ -40,7 +40,7 @@ import torch
 from pipeline_steps.analysis._inputs import as_acts, as_chunk, check_layer
 from pipeline_steps.errors import UserError
 
-__all__ = ["CKAAccumulator", "TOKEN_MODES", "linear_cka", "unbiased_hsic"]
+__all__ = ["CKAAccumulator", "PreparedFeatures", "TOKEN_MODES", "linear_cka", "prepare_features", "unbiased_hsic"]
 
 TOKEN_MODES = ("mean", "flatten")
 
@@ -138,7 +138,7 @@ def _cka_from_grams(grams_a: list[torch.Tensor], grams_b: list[torch.Tensor]) ->
     return out
 
 
-class _Prepared(NamedTuple):
+class PreparedFeatures(NamedTuple):
     """One layer's centred ``[n, C]`` features and the estimator's sums that involve no other layer."""
 
     x: torch.Tensor           # centred features
@@ -150,10 +150,16 @@ class _Prepared(NamedTuple):
     rr: torch.Tensor          # (K~ 1).(K~ 1)
 
 
-def _prepare(x: torch.Tensor) -> _Prepared:
-    """:class:`_Prepared` of centred float64 ``[n, C]`` features."""
+def _prepare(x: torch.Tensor) -> PreparedFeatures:
+    """:class:`PreparedFeatures` of centred float64 ``[n, C]`` features."""
     k, row, total = _hsic_terms(x)
-    return _Prepared(x, k, row, total, (x.T @ x).square().sum(), k @ k, row @ row)
+    return PreparedFeatures(x, k, row, total, (x.T @ x).square().sum(), k @ k, row @ row)
+
+
+def prepare_features(means: torch.Tensor) -> PreparedFeatures:
+    """One layer's whole-sample float64 ``[n, C]`` token means, centred and with the estimator's per-layer sums,
+    for :meth:`CKAAccumulator.set_prepared`: a reference compared with many models is prepared once."""
+    return _prepare(_centred(means))
 
 
 def _cka_from_features(feats_a: Iterable[torch.Tensor], feats_b: list[torch.Tensor]) -> np.ndarray:
@@ -162,7 +168,7 @@ def _cka_from_features(feats_a: Iterable[torch.Tensor], feats_b: list[torch.Tens
     return _cka_from_prepared((_prepare(x) for x in feats_a), [_prepare(y) for y in feats_b])
 
 
-def _cka_from_prepared(prep_a: Iterable[_Prepared], prep_b: list[_Prepared]) -> np.ndarray:
+def _cka_from_prepared(prep_a: Iterable[PreparedFeatures], prep_b: list[PreparedFeatures]) -> np.ndarray:
     """CKA between every layer of ``prep_a`` and of ``prep_b``.
 
     Model B's features are taken together (``[n, sum C_b]``), model A's one layer at a time: memory beyond the
@@ -259,30 +265,36 @@ class CKAAccumulator:
                 raise UserError(f"{name} must be a positive integer, got {n!r}")
         self._features: dict[str, list[list[torch.Tensor]]] = {
             "a": [[] for _ in range(int(n_layers_a))], "b": [[] for _ in range(int(n_layers_b))]}
-        self._prepared: dict[str, list[_Prepared | None]] = {side: [None] * len(parts)
-                                                             for side, parts in self._features.items()}
+        self._prepared: dict[str, list[PreparedFeatures | None]] = {
+            side: [None] * len(parts) for side, parts in self._features.items()}
 
     def _update(self, side: str, layer: int, chunk: Any) -> None:
-        parts = self._features[side]
-        layer = check_layer(layer, len(parts))
-        t = as_chunk(chunk)
-        self._keep(side, layer, t.to(torch.float64).mean(dim=(2, 3)))
+        self.update_means(side, layer, as_chunk(chunk).to(torch.float64).mean(dim=(2, 3)))
 
-    def _keep(self, side: str, layer: int, x: torch.Tensor) -> None:
-        """Keep float64 ``[b, C]`` token-mean features as they are (no copy: the caller must not change them)."""
-        parts = self._features[side]
-        if not bool(torch.isfinite(x).all()):
+    def _side(self, side: str) -> str:
+        if side not in self._features:
+            raise UserError(f"side must be 'a' or 'b', got {side!r}")
+        return side
+
+    def update_means(self, side: str, layer: int, means: torch.Tensor) -> None:
+        """Fold in a chunk of model ``side``'s (``"a"`` or ``"b"``) layer already reduced to float64 ``[b, C]``
+        token means, as :meth:`update_a` and :meth:`update_b` reduce theirs. They are kept as they are (no copy:
+        the caller must not change them afterwards)."""
+        parts = self._features[self._side(side)]
+        layer = check_layer(layer, len(parts))
+        if not bool(torch.isfinite(means).all()):
             raise UserError(f"model {side.upper()} layer {layer}: the chunk holds NaN or inf; check the model "
                             "and its inputs")
-        if parts[layer] and parts[layer][0].shape[1] != x.shape[1]:
-            raise UserError(f"model {side.upper()} layer {layer} got {x.shape[1]} channels but earlier chunks had "
-                            f"{parts[layer][0].shape[1]}; keep the [b, C, H, W] layout for every chunk")
-        parts[layer].append(x)
+        if parts[layer] and parts[layer][0].shape[1] != means.shape[1]:
+            raise UserError(f"model {side.upper()} layer {layer} got {means.shape[1]} channels but earlier chunks "
+                            f"had {parts[layer][0].shape[1]}; keep the [b, C, H, W] layout for every chunk")
+        parts[layer].append(means)
 
-    def _keep_prepared(self, side: str, layer: int, prepared: _Prepared) -> None:
-        """Take a layer's whole sample already centred and prepared (:func:`_prepare`; e.g. a reference's, prepared
-        once for many calls), in place of chunks."""
-        self._prepared[side][layer] = prepared
+    def set_prepared(self, side: str, layer: int, prepared: PreparedFeatures) -> None:
+        """Take model ``side``'s layer ``layer`` as a whole sample already prepared by :func:`prepare_features`,
+        in place of chunks."""
+        prepared_side = self._prepared[self._side(side)]
+        prepared_side[check_layer(layer, len(prepared_side))] = prepared
 
     def update_a(self, layer: int, chunk: Any) -> None:
         """Fold a ``[b, C, H, W]`` chunk of model A's layer ``layer`` (0-based) in; images in sample order."""
@@ -310,13 +322,13 @@ class CKAAccumulator:
                                 "before result()")
             feats[side] = [q if q is not None else p[0] if len(p) == 1 else torch.cat(p)
                            for p, q in zip(parts, prepared)]
-        counts = sorted({(x.x if isinstance(x, _Prepared) else x).shape[0] for side in feats.values() for x in side})
+        counts = sorted({(x.x if isinstance(x, PreparedFeatures) else x).shape[0] for side in feats.values() for x in side})
         if len(counts) != 1:
             raise UserError(f"layers saw different numbers of images ({counts}); feed every layer of both "
                             "models the same images")
         _check_images(counts[0])
 
-        def prepared(x: torch.Tensor | _Prepared) -> _Prepared:
-            return x if isinstance(x, _Prepared) else _prepare(_centred(x))
+        def prepared(x: torch.Tensor | PreparedFeatures) -> PreparedFeatures:
+            return x if isinstance(x, PreparedFeatures) else _prepare(_centred(x))
 
         return _cka_from_prepared((prepared(x) for x in feats["a"]), [prepared(y) for y in feats["b"]])
