@@ -161,11 +161,13 @@ METHOD_NAMES = {"ce": "CE", "softkd": "SoftKD", "spectralkd": "SpectralKD", "pro
 
 
 def layers_text(layers: str | Mapping | None) -> str:
-    """A layer spec as tables show it: ``"F1 L1"``, ``"S[0, 1] T[0, 2]"``, ``"-"`` for none."""
+    """A layer spec as tables show it: ``"F1 L1"``, ``"reverse:F1 L1"``, ``"random:3:F1 L1"``,
+    ``"S[0, 1] T[0, 2]"``, ``"-"`` for none."""
     if layers is None:
         return "-"
     if isinstance(layers, str):
-        return " ".join(layers.upper().replace(",", " ").split())
+        control, sep, base = layers.rpartition(":")  # a control's prefix (distillation.layer_pairs) stays lower
+        return "".join(control.lower().split()) + sep + " ".join(base.upper().replace(",", " ").split())
     return f"S{list(layers['student'])} T{list(layers['teacher'])}"
 
 

@@ -115,6 +115,17 @@ def test_distill_grid_expands_runs_times_seeds():
     assert runs[0].loss_options() == {"alpha": 0.9, "tau": 1.0}
 
 
+
+def test_control_layer_specs_label_their_rows_with_the_prefix():
+    from pipeline_steps.config import distill_runs, layers_text
+
+    assert [layers_text(x) for x in ("f1 l1", " Reverse : f1 l1", "random: 3 :F2, L2")] == [
+        "F1 L1", "reverse:F1 L1", "random:3:F2 L2"]
+    params = validate_params({"distill": {"seeds": [0], "runs": [
+        {"name": "sp_rev", "method": "spectralkd", "layers": "reverse:F1 L1"},
+        {"name": "sp_rand", "method": "spectralkd", "layers": "random:7:F1 L1"}]}})
+    assert [r.label for r in distill_runs(params)] == ["SpectralKD reverse:F1 L1", "SpectralKD random:7:F1 L1"]
+
 def test_one_resolution_of_beta_and_run_ids():
     """beta is resolved once, in the grid (an entry's own, else distill.beta; none for a method without a
     feature term), and the single-run params a distill job sees carry that value; run ids are formatted and

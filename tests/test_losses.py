@@ -401,6 +401,11 @@ def test_parse_layer_pairs_spacing_and_explicit_format() -> None:
     ({"student": [], "teacher": []}, "no layer pairs"),
     ({"student": [0, 1], "teacher": [0]}, "one teacher block per student block"),
     ({"student": [0]}, "exactly the keys"),
+    ("random:F1 L1", "needs a seed"),
+    ("reverse:2:F1 L1", "takes no seed"),
+    ("reverse:", "needs a base spec"),
+    ("reverse:random:1:F1", "needs a base spec"),
+    ("random:1:L13", "exceeds a depth"),
 ])
 def test_parse_layer_pairs_errors(spec, match: str) -> None:
     with pytest.raises(UserError, match=match) as err:
@@ -412,3 +417,19 @@ def test_parse_layer_pairs_depth_limits_use_the_shallower_model() -> None:
     with pytest.raises(UserError, match="exceeds a depth"):
         parse_layer_pairs("L5", 24, 4)
     assert parse_layer_pairs("L4", 24, 4) == [(20, 0), (21, 1), (22, 2), (23, 3)]
+
+
+def test_control_specs_keep_the_student_blocks_and_change_their_teachers() -> None:
+    """reverse: the base's teacher blocks in reverse order; random: distinct teacher blocks drawn by
+    random.Random(seed).sample (golden values: the draw is part of what a run records)."""
+    assert parse_layer_pairs("reverse:F1 L1", 12, 24) == [(0, 23), (11, 0)]
+    assert parse_layer_pairs(" Reverse : l3", 6, 12) == [(3, 11), (4, 10), (5, 9)]
+    assert parse_layer_pairs("random:0:F1 L1", 12, 24) == [(0, 12), (11, 13)]
+    assert parse_layer_pairs("random:3:F2 L2", 6, 12) == [(0, 3), (1, 9), (4, 8), (5, 2)]
+    assert parse_layer_pairs("random:3:F2 L2", 6, 12) == parse_layer_pairs("RANDOM:3:f2l2", 6, 12)
+    assert parse_layer_pairs("random:4:F2 L2", 6, 12) != parse_layer_pairs("random:3:F2 L2", 6, 12)
+    for seed in range(50):  # always distinct teacher blocks, in range, the base's student blocks
+        pairs = parse_layer_pairs(f"random:{seed}:F3 L3", 6, 12)
+        assert [s for s, _ in pairs] == [0, 1, 2, 3, 4, 5]
+        assert len({t for _, t in pairs}) == 6 and all(0 <= t < 12 for _, t in pairs)
+    assert format_layer_pairs(parse_layer_pairs("reverse:F1 L1", 12, 24), 12, 24) == "s0-t23,s11-t0"

@@ -1,20 +1,26 @@
-"""Which student block is matched to which teacher block: the paper's "F X, L Y" notation.
+"""Which student block is matched to which teacher block: the paper's "F X, L Y" notation and its controls.
 
 :func:`parse_layer_pairs` turns ``"F1 L1"`` (the first X and last Y blocks of both models) or an explicit
 ``{"student": [...], "teacher": [...]}`` mapping into ``(student_block, teacher_block)`` pairs checked
 against the two depths; :func:`format_layer_pairs` writes them back; :func:`run_layer_pairs` and
 :func:`grid_teacher_layers` apply it to the distillation grid.
+
+A claim that *these* layers should be aligned needs controls (work on layer selection in KD finds reversed
+and random mappings often do about as well), so two prefixes keep a spec's student blocks and change what they
+are paired with: ``"reverse:F1 L1"`` gives them the base's teacher blocks in reverse order, and
+``"random:<seed>:F1 L1"`` teacher blocks drawn at random, without replacement, by ``random.Random(seed)``.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping, Sequence
 
 from pipeline_steps.config import DistillRun
 from pipeline_steps.errors import UserError
 
-__all__ = ["format_layer_pairs", "grid_teacher_layers", "LayerPairs", "parse_layer_pairs", "run_layer_pairs"]
+__all__ = ["CONTROLS", "format_layer_pairs", "grid_teacher_layers", "LayerPairs", "parse_layer_pairs", "run_layer_pairs"]
 
 LayerPairs = list[tuple[int, int]]
 
@@ -23,8 +29,14 @@ LayerPairs = list[tuple[int, int]]
 _SPEC_RE = re.compile(r"^\s*(?:F\s*(\d+))?\s*,?\s*(?:L\s*(\d+))?\s*$", re.IGNORECASE)
 
 
-_SPEC_HELP = ('use "F<X>", "L<Y>" or "F<X> L<Y>" (e.g. "F1 L1") or {"student": [...], "teacher": [...]} '
-              "with 0-based block indices")
+_SPEC_HELP = ('use "F<X>", "L<Y>" or "F<X> L<Y>" (e.g. "F1 L1"), a control "reverse:<spec>" or '
+              '"random:<seed>:<spec>", or {"student": [...], "teacher": [...]} with 0-based block indices')
+
+# "reverse:F1 L1", "random:3:F1 L1": a control prefix, then the base spec.
+_CONTROL_RE = re.compile(r"^\s*(reverse|random)\s*:\s*(?:(-?\d+)\s*:\s*)?(.*)$", re.IGNORECASE | re.DOTALL)
+
+#: Prefixes of the control specs.
+CONTROLS = ("reverse", "random")
 
 
 def parse_layer_pairs(spec: str | Mapping[str, Sequence[int]], student_depth: int,
@@ -33,12 +45,15 @@ def parse_layer_pairs(spec: str | Mapping[str, Sequence[int]], student_depth: in
 
     ``"F X L Y"`` (the paper's notation) pairs the first X student blocks with the first X teacher blocks
     and the last Y student blocks with the last Y teacher blocks. For a 12-block student and a 24-block
-    teacher: ``"F1 L1"`` -> ``[(0, 0), (11, 23)]``; ``"L8"`` -> ``[(4, 16), ..., (11, 23)]``.
+    teacher: ``"F1 L1"`` -> ``[(0, 0), (11, 23)]``; ``"L8"`` -> ``[(4, 16), ..., (11, 23)]``. The controls
+    keep the base's student blocks: ``"reverse:F1 L1"`` -> ``[(0, 23), (11, 0)]``; ``"random:0:F1 L1"`` ->
+    two distinct teacher blocks drawn by ``random.Random(0).sample(range(24), 2)``, in draw order.
 
     Args:
-        spec: ``"F1"``, ``"L1"``, ``"F2 L6"`` (case-insensitive, spaces optional, e.g. ``"f2l6"``), or a
-            mapping ``{"student": [...], "teacher": [...]}`` of equal-length 0-based index lists (a
-            teacher block may serve several student blocks; a student block only one).
+        spec: ``"F1"``, ``"L1"``, ``"F2 L6"`` (case-insensitive, spaces optional, e.g. ``"f2l6"``),
+            ``"reverse:<spec>"``, ``"random:<seed>:<spec>"`` (``<spec>`` one of the former), or a mapping
+            ``{"student": [...], "teacher": [...]}`` of equal-length 0-based index lists (a teacher block
+            may serve several student blocks; a student block only one).
         student_depth: Number of student blocks.
         teacher_depth: Number of teacher blocks.
 
@@ -47,7 +62,8 @@ def parse_layer_pairs(spec: str | Mapping[str, Sequence[int]], student_depth: in
 
     Raises:
         UserError: Malformed spec, X or Y larger than a depth, overlapping first/last sets, an index out of
-            range, a repeated student block, or no pairs at all.
+            range, a repeated student block, a control without a base or seed, more pairs than teacher
+            blocks to draw from, or no pairs at all.
     """
     for what, depth in (("student_depth", student_depth), ("teacher_depth", teacher_depth)):
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
@@ -55,7 +71,9 @@ def parse_layer_pairs(spec: str | Mapping[str, Sequence[int]], student_depth: in
     if isinstance(spec, Mapping):
         pairs = _pairs_from_mapping(spec)
     elif isinstance(spec, str):
-        pairs = _pairs_from_string(spec, student_depth, teacher_depth)
+        control = _CONTROL_RE.match(spec)
+        pairs = (_pairs_from_control(spec, control, student_depth, teacher_depth) if control
+                 else _pairs_from_string(spec, student_depth, teacher_depth))
     else:
         raise UserError(f"layer pairs must be a string or a mapping, got {type(spec).__name__}; {_SPEC_HELP}")
     _check_pairs(pairs, student_depth, teacher_depth)
@@ -85,6 +103,25 @@ def _pairs_from_string(spec: str, student_depth: int, teacher_depth: int) -> Lay
         raise UserError(f"layer-pair spec {spec!r}: the first {first} and last {last} blocks overlap (student "
                         f"{student_depth}, teacher {teacher_depth} blocks); make F + L at most {limit}")
     return _first_last_pairs(first, last, student_depth, teacher_depth)
+
+
+def _pairs_from_control(spec: str, control: re.Match, student_depth: int, teacher_depth: int) -> LayerPairs:
+    kind, seed, base_spec = control.group(1).lower(), control.group(2), control.group(3)
+    if kind == "random" and seed is None:
+        raise UserError(f"layer-pair spec {spec!r}: random needs a seed, e.g. \"random:0:F1 L1\"")
+    if kind == "reverse" and seed is not None:
+        raise UserError(f"layer-pair spec {spec!r}: reverse takes no seed; use \"reverse:F1 L1\"")
+    if not base_spec.strip() or _CONTROL_RE.match(base_spec):
+        raise UserError(f"layer-pair spec {spec!r}: a control needs a base spec of the F/L form after the "
+                        'prefix, e.g. "reverse:F1 L1"')
+    base = _pairs_from_string(base_spec, student_depth, teacher_depth)
+    students = [s for s, _ in base]
+    if kind == "reverse":
+        return list(zip(students, [t for _, t in base][::-1]))
+    if len(base) > teacher_depth:
+        raise UserError(f"layer-pair spec {spec!r}: {len(base)} pairs but only {teacher_depth} teacher blocks to "
+                        "draw from without replacement; use a base with fewer pairs")
+    return list(zip(students, random.Random(int(seed)).sample(range(teacher_depth), len(base))))
 
 
 def _first_last_pairs(first: int, last: int, student_depth: int, teacher_depth: int) -> LayerPairs:
