@@ -32,11 +32,11 @@ _SPEC_RE = re.compile(r"^\s*(?:F\s*(\d+))?\s*,?\s*(?:L\s*(\d+))?\s*$", re.IGNORE
 _SPEC_HELP = ('use "F<X>", "L<Y>" or "F<X> L<Y>" (e.g. "F1 L1"), a control "reverse:<spec>" or '
               '"random:<seed>:<spec>", or {"student": [...], "teacher": [...]} with 0-based block indices')
 
-# "reverse:F1 L1", "random:3:F1 L1": a control prefix, then the base spec.
-_CONTROL_RE = re.compile(r"^\s*(reverse|random)\s*:\s*(?:(-?\d+)\s*:\s*)?(.*)$", re.IGNORECASE | re.DOTALL)
-
 #: Prefixes of the control specs.
 CONTROLS = ("reverse", "random")
+
+# "reverse:F1 L1", "random:3:F1 L1": a control prefix, then the base spec.
+_CONTROL_RE = re.compile(rf"^\s*({'|'.join(CONTROLS)})\s*:\s*(?:(-?\d+)\s*:\s*)?(.*)$", re.IGNORECASE | re.DOTALL)
 
 
 def parse_layer_pairs(spec: str | Mapping[str, Sequence[int]], student_depth: int,
