@@ -162,12 +162,17 @@ METHOD_NAMES = {"ce": "CE", "softkd": "SoftKD", "spectralkd": "SpectralKD", "pro
 
 def layers_text(layers: str | Mapping | None) -> str:
     """A layer spec as tables show it: ``"F1 L1"``, ``"reverse:F1 L1"``, ``"random:3:F1 L1"``,
-    ``"S[0, 1] T[0, 2]"``, ``"-"`` for none."""
+    ``"phase:compression"``, ``"cka:softkd@best:L1"``, ``"S[0, 1] T[0, 2]"``, ``"-"`` for none."""
     if layers is None:
         return "-"
     if isinstance(layers, str):
-        control, sep, base = layers.rpartition(":")  # a control's prefix (distillation.layer_pairs) stays lower
-        return "".join(control.lower().split()) + sep + " ".join(base.upper().replace(",", " ").split())
+        # A prefix (distillation.layer_pairs) stays as written, lower-case; the F/L base is upper-case.
+        *prefix, base = ["".join(part.split()) for part in layers.split(":")]
+        if prefix:
+            prefix[0] = prefix[0].lower()
+        if prefix == ["phase"]:
+            return f"phase:{base.lower()}"
+        return ":".join([*prefix, " ".join(layers.split(":")[-1].upper().replace(",", " ").split())])
     return f"S{list(layers['student'])} T{list(layers['teacher'])}"
 
 

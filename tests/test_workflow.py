@@ -152,6 +152,30 @@ def test_paper_preset_plans_table1_grid_without_mixing_in_the_default(planning_c
     assert config["student"]["model"]["kwargs"] == {"drop_path_rate": 0.0}
 
 
+def test_runs_whose_pairs_come_from_the_analysis_wait_for_it(planning_copy, tmp_path):
+    """A phase run's distill job reads the teacher's reductions, a cka run's the named run's evolution
+    statistics at the same seed; the teacher cache then holds every block (its rule plans no phase input)."""
+    preset = yaml.safe_load((planning_copy / "configs/smoke.yaml").read_text())
+    preset["distill"]["seeds"] = [0, 1]
+    preset["distill"]["runs"] += [{"name": "phase", "method": "spectralkd", "layers": "phase:expansion"},
+                                  {"name": "cka", "method": "spectralkd", "layers": "cka:softkd@best:F1 L1"}]
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(preset))
+    plan = sh(["snakemake", "distill_grid", "-n", "-p", "--configfile", str(tmp_path / "grid.yaml")],
+              planning_copy).stdout
+    commands = {m.group(1): m.group(0) for m in re.finditer(r"distill --config-json .*?--run-id (\S+).*", plan)}
+    assert "--teacher-reductions results/reductions/teacher.parquet" in commands["phase-s1"]
+    assert "--cka-statistics results/evolution/softkd-s1_statistics.parquet" in commands["cka-s1"]
+    assert not any(flag in commands["softkd-s0"] for flag in ("--teacher-reductions", "--cka-statistics"))
+    tolerance = json.loads(re.search(r"--config-json '([^']+)'", commands["phase-s0"]).group(1))["analysis"]
+    assert tolerance == {"shape_tolerance": preset["analysis"]["shape_tolerance"]}
+    # The named run's analysis is planned before the run that reads it (the whole chain, from one target).
+    assert "evolution --config-json" in plan and "--statistics results/evolution/softkd-s0_statistics.parquet" in plan
+    preset["distill"]["runs"][-1]["layers"] = "cka:nope:F1"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(preset))
+    bad = sh(["snakemake", "-n", "--configfile", str(tmp_path / "bad.yaml")], planning_copy, check=False)
+    assert bad.returncode != 0 and "cka names 'nope', which is not a distill.runs entry" in bad.stdout + bad.stderr
+
+
 def test_the_slurm_profile_by_its_short_name_and_by_its_path(planning_copy):
     """`snakemake --profile slurm`, as a user types it in the repository root (the `slurm` link there), and
     `--profile workflow/profiles/slurm` plan the default grid through the SLURM executor with the cluster

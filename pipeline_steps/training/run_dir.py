@@ -8,7 +8,8 @@ Layout (``out_dir``)::
     model.safetensors                final weights (written last: its presence means the run finished)
     best.safetensors                 weights of the best test top-1 epoch
     checkpoints.json                 the kept checkpoints (epoch, path, sha256) and the best one (``best``: epoch,
-                                     path, sha256, test_acc1), for the evolution analysis
+                                     path, sha256, test_acc1), for the evolution analysis; a distillation run's
+                                     resolved ``layer_pairs`` ([student block, teacher block], 0-based)
     environment.json                 what each attempt (start, resume) computed with: versions, device, CPU
                                      vector ISA, threads, processes (:mod:`pipeline_steps.environment`)
     checkpoints/epoch_NNNN.safetensors   weights after NNNN epochs: 0, every ``checkpoint_every``, the last
@@ -108,6 +109,8 @@ class RunDirectory:
         """checkpoints.json (atomic): the kept checkpoints by epoch and, once an epoch is evaluated, the best."""
         doc = {"run_id": self.metadata.get("run_id", self.path.name), "epochs": self.metadata.get("epochs"),
                "checkpoints": sorted(position.kept, key=lambda k: k["epoch"])}
+        if "layer_pairs" in self.metadata:
+            doc["layer_pairs"] = self.metadata["layer_pairs"]
         if position.best is not None:
             doc["best"] = position.best
         write_json(self.path / "checkpoints.json", doc)

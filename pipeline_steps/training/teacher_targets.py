@@ -111,16 +111,17 @@ def read_teacher_cache(path: str | os.PathLike, layers: Sequence[int], *, train_
             teacher, or lacks a block (one line naming the cache and the fix).
     """
     import safetensors
-    import safetensors.torch
 
     path = Path(path)
     fix = "delete it and rerun the teacher-cache step (or set distill.teacher_cache: off)"
     if not path.is_file():
         raise UserError(f"teacher cache {path} not found; run the teacher-cache step")
     try:
+        # Only the blocks this run pairs with: a grid with phase or cka runs caches every teacher block.
         with safetensors.safe_open(str(path), framework="pt") as f:
             recorded = f.metadata() or {}
-        cache = safetensors.torch.load_file(str(path))
+            wanted = ["logits", *(f"features.{i}" for i in layers)]
+            cache = {key: f.get_tensor(key) for key in wanted if key in f.keys()}
     except Exception as exc:  # noqa: BLE001 - a corrupt file: one line, the fix
         raise UserError(f"teacher cache {path} is unreadable ({type(exc).__name__}); {fix}") from None
     if recorded.get("format") != CACHE_FORMAT:

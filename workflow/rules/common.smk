@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 from pipeline_steps.config import (SYNTHETIC_PATH, distill_runs, evolution_panels, select, single_run_params,
                                    uses_teacher_cache, validate_params)
 from pipeline_steps.dependencies import RULE_PARAMS, RULES, code_digest, step_code
+from pipeline_steps.distillation.layer_pairs import cka_reference, grid_pair_sources
 from pipeline_steps.analysis.published import PUBLISHED_ENTROPY
 from pipeline_steps.reporting.tables import PUBLISHED_TABLE1_LOGS
 from pipeline_steps.errors import UserError
@@ -109,9 +110,40 @@ PUBLISHED_OUTPUTS = [f"{FIG4_PUBLISHED}.{ext}" for ext in ("pdf", "png")] + [
     f"{TABLE1_PUBLISHED}.{ext}" for ext in ("csv", "md", "tex", "json")]
 
 
+# Runs whose layer pairs are chosen from the analysis (phase:<name>, cka:<entry>:<spec>): run id -> PairSource.
+try:
+    PAIR_SOURCES = grid_pair_sources(list(RUNS.values()))
+except UserError as exc:
+    raise WorkflowError(f"params: {exc}") from None
+
+
 def run_config(wildcards):
-    """The distill rule's config for one run: its own grid entry and seed only (single_run_params)."""
-    return json.dumps(single_run_params(config, RUNS[wildcards.run], RULE_PARAMS["distill"]), sort_keys=True)
+    """The distill rule's config for one run: its own grid entry and seed only (single_run_params); a phase
+    run also reads the shape tolerance its phase must exceed."""
+    cfg = single_run_params(config, RUNS[wildcards.run], RULE_PARAMS["distill"])
+    source = PAIR_SOURCES.get(wildcards.run)
+    if source is not None and source.kind == "phase":
+        cfg["analysis"] = {"shape_tolerance": config["analysis"]["shape_tolerance"]}
+    return json.dumps(cfg, sort_keys=True)
+
+
+def pair_evidence_input(wildcards):
+    """The analysis a run's layer pairs are chosen from: the teacher's reductions for a phase run, the named
+    run's evolution statistics (same seed) for a cka run; nothing for pairs written down."""
+    source = PAIR_SOURCES.get(wildcards.run)
+    if source is None:
+        return []
+    if source.kind == "phase":
+        return [REDUCTIONS]
+    return [EVOLUTION_STATISTICS.format(run=cka_reference(RUNS[wildcards.run], source))]
+
+
+def pair_evidence_option(wildcards, input):
+    """The distill step's option naming that analysis."""
+    if not input.evidence:
+        return ""
+    flag = "--teacher-reductions" if PAIR_SOURCES[wildcards.run].kind == "phase" else "--cka-statistics"
+    return f"{flag} {input.evidence[0]}"
 
 
 def teacher_cache_config():

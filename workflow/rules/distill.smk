@@ -39,6 +39,7 @@ rule distill:
         data=synthetic_data,
         weights=trained_teacher_weights,
         cache=teacher_cache_input,
+        evidence=pair_evidence_input,
         code=step_code_of("distill"),
     output:
         weights=f"{RUN_DIR}/model.safetensors",
@@ -52,6 +53,7 @@ rule distill:
         data=lambda w, input: f"--data {input.data[0]}" if input.data else "",
         weights=lambda w, input: f"--teacher-weights {input.weights[0]}" if input.weights else "",
         cache=lambda w, input: f"--teacher-cache {input.cache[0]}" if input.cache else "",
+        evidence=pair_evidence_option,
         out_dir=RUN_DIR,
         epochs=lambda w: RUNS[w.run].epochs,
     log:
@@ -66,7 +68,7 @@ rule distill:
         slurm_extra=TRAINING_SLURM_EXTRA,
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launch} distill --config-json {params.cfg:q} --run-id {wildcards.run} "
-        "{params.data} {params.weights} {params.cache} --out-dir {params.out_dir:q} >> {log:q} 2>&1"
+        "{params.data} {params.weights} {params.cache} {params.evidence} --out-dir {params.out_dir:q} >> {log:q} 2>&1"
 
 
 rule table1:
