@@ -135,7 +135,7 @@ def test_seeded_init_and_checkpoint_reload(arch, tmp_path):
     assert weights_hash(a) == weights_hash(b) != weights_hash(c)
     # timm's trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. practically a N(0, 0.02^2).
     assert abs(float(a.blocks[-1].proj.weight.detach().std()) - 0.02) < 0.002
-    assert float(a.head.bias.abs().max()) == 0.0
+    assert float(a.head.bias.detach().abs().max()) == 0.0
     spec = {"arch": arch, "kwargs": dict(TINY, wide_dim=64)}
     path = tmp_path / "model.safetensors"
     save_weights(c, path, metadata=spec)
