@@ -20,7 +20,7 @@ import yaml
 
 from pipeline_steps.errors import UserError
 
-__all__ = ["FEATURE_METHODS", "METHOD_NAMES", "SCHEMA_PATH", "SYNTHETIC_PATH", "deep_merge", "distill_run",
+__all__ = ["ARCHITECTURE_NAMES", "FEATURE_METHODS", "METHOD_ARCHITECTURES", "METHOD_NAMES", "SCHEMA_PATH", "SYNTHETIC_PATH", "deep_merge", "distill_run",
            "distill_runs", "DistillRun", "evolution_panels", "layers_text", "load_params", "load_schema",
            "read_yaml", "recipe_augments", "format_run_id", "run_name", "run_seed", "select", "single_run_params", "student_spec",
            "teacher_spec", "uses_teacher_cache", "validate_params"]
@@ -125,7 +125,17 @@ def uses_teacher_cache(params: Mapping) -> bool:
 
 #: Methods with a feature term (they need ``layers``); kept here so validating the config does not import
 #: torch. ``tests/test_config.py`` checks it against ``distillation.methods.METHODS``.
-FEATURE_METHODS = ("spectralkd", "projectorkd", "projectorkd_released")
+FEATURE_METHODS = ("spectralkd", "projectorkd", "projectorkd_released", "lift", "widelast")
+
+#: Methods that imply a student architecture (their class's ``architecture``; tests/test_config.py checks it).
+METHOD_ARCHITECTURES = {"lift": "lift", "widelast": "widelast"}
+
+#: Student architecture (``distill.runs[].architecture``) -> the name tables and labels show.
+ARCHITECTURE_NAMES = {"base": "base", "lift": "Lift", "widelast": "WideLast"}
+
+#: The layer pairs of a method that implies an architecture when ``layers`` is absent: the follow-up's only
+#: pair, the last student block with the last teacher block.
+_REMEDY_LAYERS = "L1"
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,17 @@ class DistillRun:
     beta: float | None  # the feature term's weight; None for methods without one
     seed: int
     epochs: int
+    #: The student architecture: ``base`` (the configured student), ``lift`` or ``widelast``
+    #: (:mod:`pipeline_steps.models.remedies`).
+    architecture: str = "base"
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The fields the run's resume fingerprint covers: all of them, except ``architecture`` when it is
+        ``base``, so that a base run's fingerprint is what it was before the field existed."""
+        fields = dict(self.__dict__)
+        if fields["architecture"] == "base":
+            del fields["architecture"]
+        return fields
 
     def loss_options(self) -> dict[str, float]:
         """Options for ``distillation.methods.build_method`` (label smoothing comes from the recipe)."""
@@ -157,7 +178,7 @@ class DistillRun:
 
 #: Registry method name -> the name tables and figures show.
 METHOD_NAMES = {"ce": "CE", "softkd": "SoftKD", "spectralkd": "SpectralKD", "projectorkd": "ProjectorKD",
-                "projectorkd_released": "ProjectorKD (released)"}
+                "projectorkd_released": "ProjectorKD (released)", "lift": "Lift", "widelast": "WideLast"}
 
 
 def layers_text(layers: str | Mapping | None) -> str:
@@ -176,8 +197,22 @@ def layers_text(layers: str | Mapping | None) -> str:
     return f"S{list(layers['student'])} T{list(layers['teacher'])}"
 
 
-def _default_label(method: str, layers: str | dict | None) -> str:
-    return METHOD_NAMES[method] if layers is None else f"{METHOD_NAMES[method]} {layers_text(layers)}"
+def _default_label(method: str, layers: str | dict | None, architecture: str = "base") -> str:
+    label = METHOD_NAMES[method] if layers is None else f"{METHOD_NAMES[method]} {layers_text(layers)}"
+    # A method that implies its architecture names it already ("Lift L1"); a control says which student.
+    if architecture != "base" and METHOD_ARCHITECTURES.get(method) != architecture:
+        label += f", {ARCHITECTURE_NAMES[architecture]} student"
+    return label
+
+
+def _run_architecture(entry: Mapping) -> str:
+    """A ``distill.runs`` entry's student architecture: its ``architecture``, the one its method implies, or
+    ``base``; a method that implies another one than the entry gives is refused."""
+    given, implied = entry.get("architecture"), METHOD_ARCHITECTURES.get(entry["method"])
+    if implied is not None and given not in (None, implied):
+        raise UserError(f"distill.runs entry '{entry['name']}': method {entry['method']} trains a {implied} student "
+                        f"but architecture is {given}; remove architecture or set it to {implied}")
+    return given or implied or "base"
 
 
 def format_run_id(name: str, seed: int) -> str:
@@ -205,7 +240,8 @@ def distill_runs(params: Mapping) -> list[DistillRun]:
     """The distillation grid: every ``distill.runs`` entry once per ``distill.seeds`` seed, in that order.
 
     Raises:
-        UserError: Two entries share a name; a feature method has no ``layers`` or another method has some.
+        UserError: Two entries share a name; a feature method has no ``layers`` or another method has some;
+            an architecture its method contradicts.
     """
     distill = params["distill"]
     names = [r["name"] for r in distill["runs"]]
@@ -215,6 +251,9 @@ def distill_runs(params: Mapping) -> list[DistillRun]:
     runs = []
     for entry in distill["runs"]:
         method, layers = entry["method"], entry.get("layers")
+        architecture = _run_architecture(entry)
+        if method in METHOD_ARCHITECTURES and layers is None:
+            layers = _REMEDY_LAYERS
         if method in FEATURE_METHODS and layers is None:
             raise UserError(f"distill.runs entry '{entry['name']}': method {method} needs layers, "
                             'e.g. layers: "F1 L1"')
@@ -226,9 +265,9 @@ def distill_runs(params: Mapping) -> list[DistillRun]:
         for seed in distill["seeds"]:
             runs.append(DistillRun(
                 run_id=format_run_id(entry["name"], seed), name=entry["name"],
-                label=entry.get("label") or _default_label(method, layers), method=method, layers=layers,
-                alpha=float(distill["alpha"]), tau=float(distill["tau"]), beta=beta, seed=int(seed),
-                epochs=int(entry.get("epochs") or distill["train"]["epochs"])))
+                label=entry.get("label") or _default_label(method, layers, architecture), method=method,
+                layers=layers, alpha=float(distill["alpha"]), tau=float(distill["tau"]), beta=beta, seed=int(seed),
+                epochs=int(entry.get("epochs") or distill["train"]["epochs"]), architecture=architecture))
     return runs
 
 

@@ -116,6 +116,42 @@ def test_distill_grid_expands_runs_times_seeds():
 
 
 
+def test_remedy_architectures_in_the_grid():
+    from pipeline_steps.config import METHOD_ARCHITECTURES, distill_runs
+    from pipeline_steps.distillation.methods import METHODS
+
+    assert METHOD_ARCHITECTURES == {n: c.architecture for n, c in METHODS.items() if c.architecture is not None}
+    params = validate_params({"distill": {"seeds": [0], "beta": 0.2, "runs": [
+        {"name": "lift", "method": "lift"},
+        {"name": "widelast", "method": "widelast", "layers": "F1 L1", "architecture": "widelast"},
+        {"name": "lift_softkd", "method": "softkd", "architecture": "lift"},
+        {"name": "lift_ce", "method": "ce", "architecture": "lift"},
+        {"name": "softkd", "method": "softkd", "architecture": "base"},
+    ]}})
+    runs = distill_runs(params)
+    assert [(r.architecture, r.layers, r.label) for r in runs] == [
+        ("lift", "L1", "Lift L1"), ("widelast", "F1 L1", "WideLast F1 L1"),
+        ("lift", None, "SoftKD, Lift student"), ("lift", None, "CE, Lift student"), ("base", None, "SoftKD")]
+    assert runs[0].loss_options() == {"alpha": 0.9, "tau": 1.0, "beta": 0.2}
+    # A base run's fingerprint fields are those before the field existed; a remedy's name it.
+    assert "architecture" not in runs[4].fingerprint_fields() and runs[2].fingerprint_fields()["architecture"] == "lift"
+    # No schema default: an entry without architecture keeps its params (and its Snakemake params) as they were.
+    assert "architecture" not in params["distill"]["runs"][0]
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"name": "x", "method": "lift", "architecture": "widelast"},
+     "method lift trains a lift student but architecture is widelast; remove architecture or set it to lift"),
+    ({"name": "x", "method": "widelast", "architecture": "base"}, "trains a widelast student but architecture is base"),
+    ({"name": "x", "method": "softkd", "architecture": "wide"}, "distill.runs.0.architecture"),
+])
+def test_remedy_architecture_errors(entry, match):
+    from pipeline_steps.config import distill_runs
+
+    with pytest.raises(UserError, match=match) as err:
+        distill_runs(validate_params({"distill": {"runs": [entry]}}))
+    assert "\n" not in str(err.value)
+
 def test_control_layer_specs_label_their_rows_with_the_prefix():
     from pipeline_steps.config import distill_runs, layers_text
 

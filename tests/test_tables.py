@@ -211,7 +211,7 @@ def test_writers(tmp_path):
     md = paths[1].read_text()
     soft, spec = df.iloc[0], df.iloc[1]
     assert md.splitlines()[0] == ("| source | method | layers | beta | epochs | seeds | best top-1 (epoch) "
-                                  "| final top-1 | Δ vs SoftKD |")
+                                  "| final top-1 | Δ vs SoftKD | params | GFLOPs |")
     lo, hi = soft["best_top1_ci_low"], soft["best_top1_ci_high"]
     assert f"| this pipeline | SoftKD | - | - | 3 | 3 | 70.40 ± 0.30 [{lo:.2f}, {hi:.2f}] | 70.33 | +0.00 |" in md
     assert f"{lo:.2f}, {hi:.2f}" == "69.65, 71.15"
@@ -223,7 +223,8 @@ def test_writers(tmp_path):
     assert "\\begin{tabular}" in tex and "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "this pipeline & SpectralKD\\_F1 & F1 & 0.2 & 3 & 3 & 71.13 $\\pm$ 0.71" in tex
     assert "SpectralKD_F1" not in tex.replace("SpectralKD\\_F1", "")  # no unescaped underscore left
-    assert "this pipeline & SoftKD & -- & -- & 3 & 3 & 70.40 $\\pm$ 0.30 [69.65, 71.15] & 70.33 & $+0.00$ \\\\" in tex
+    assert ("this pipeline & SoftKD & -- & -- & 3 & 3 & 70.40 $\\pm$ 0.30 [69.65, 71.15] & 70.33 & $+0.00$ & -- & -- "
+            "\\\\") in tex
 
 
 def test_writers_single_seed_caption_and_escaping(tmp_path):
@@ -235,7 +236,7 @@ def test_writers_single_seed_caption_and_escaping(tmp_path):
     assert "| this pipeline | SoftKD | - | - | 3 | 1 | 70.10 (1) | 69.90 | +0.00 |" in md
     assert "| this pipeline | 50% & $x_1$ \\| #1 | F1 | 0.2 | 3 | 1 | 71.00 (1) | 70.80 | +0.90 |" in md
     assert md.rstrip().endswith(f"{tables.SINGLE_SEED_CAPTION} Largest best-vs-final gap in this table: 0.20 points.")
-    assert "this pipeline & 50\\% \\& \\$x\\_1\\$ | \\#1 & F1 & 0.2 & 3 & 1 & 71.00 (1) & 70.80 & $+0.90$ \\\\" in tex
+    assert "this pipeline & 50\\% \\& \\$x\\_1\\$ | \\#1 & F1 & 0.2 & 3 & 1 & 71.00 (1) & 70.80 & $+0.90$ & -- & -- \\\\" in tex
     assert tables.tex_escape("a\\b~c^d{e}") == "a\\textbackslash{}b\\textasciitilde{}c\\textasciicircum{}d\\{e\\}"
     assert tables.read_table1(paths[0])["label"].tolist() == ["SoftKD", "50% & $x_1$ | #1"]
 
@@ -492,3 +493,47 @@ def test_paired_differences_pair_by_seed_and_match_a_direct_computation():
     assert two["diff_mean"] == pytest.approx(d[:2].mean(), abs=1e-12)
     one = tables.paired_differences([r for r in runs if r.seed == 0]).iloc[0]
     assert one["n_pairs"] == 1 and math.isnan(one["diff_ci_low"]) and pd.isna(one["ci_contains_zero"])
+
+
+# ------------------------------------------------------------------------- student architectures and cost
+
+def test_architecture_is_part_of_the_row_and_costs_are_shown(tmp_path):
+    base = [RunSpec("SoftKD", "-", None, 3, seed, FIXTURES / f"softkd_seed{seed}.txt", parameters=5_717_416,
+                    flops=2_507_366_400) for seed in (0, 1)]
+    lift = RunSpec("SoftKD", "-", None, 3, 0, FIXTURES / "softkd_seed2.txt", "SoftKD, Lift student",
+                   architecture="lift", parameters=5_983_528, flops=2_536_799_232)
+    df = tables.table1(base + [lift])
+    assert list(df["architecture"]) == ["base", "lift"] and list(df["n_seeds"]) == [2, 1]  # not pooled
+    assert list(df["parameters"]) == [5_717_416, 5_983_528]
+    assert df["gflops"].tolist() == pytest.approx([2.5073664, 2.536799232], abs=1e-12)
+    # The Lift row is measured against the base SoftKD row, not against itself.
+    assert df.loc[1, "delta_vs_softkd"] == pytest.approx(df.loc[1, "best_top1"] - df.loc[0, "best_top1"], abs=1e-12)
+    md = tables.table1_markdown(df)
+    assert "| +0.00 | 5.72 M | 2.507 |" in md
+    assert f"| SoftKD, Lift student | - | - | 3 | 1 | {df.loc[1, 'best_top1']:.2f} (" in md and "| 5.98 M | 2.537 |" in md
+    assert "& 5.98 & 2.537 \\\\" in tables.table1_latex(df)
+    paths = tables.write_table1(df, tmp_path / "t1", metrics=True)
+    pd.testing.assert_frame_equal(tables.read_table1(paths[0]), df)
+    assert set(json.loads(paths[3].read_text())) == {"this pipeline: SoftKD, 3 ep",
+                                                     "this pipeline: SoftKD, lift student, 3 ep"}
+
+
+def test_grid_runs_carry_each_students_inference_cost(tmp_path):
+    from pipeline_steps.config import validate_params
+    from pipeline_steps.models.cost import inference_cost
+
+    student = {"arch": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32,
+               "depth": 2, "num_heads": 2, "num_classes": 10}, "weights": {"source": "random"}}
+    teacher = {"arch": "vit_tiny_patch16_224", "kwargs": {**student["kwargs"], "embed_dim": 64},
+               "weights": {"source": "random"}}
+    params = validate_params({"student": {"model": student}, "teacher": {"model": teacher}, "distill": {"runs": [
+        {"name": "softkd", "method": "softkd"}, {"name": "lift_softkd", "method": "softkd", "architecture": "lift"},
+        {"name": "widelast", "method": "widelast"}]}})
+    runs = tables.grid_runs(params, tmp_path)
+    assert [r.architecture for r in runs] == ["base", "lift", "widelast"]
+    wide = {"arch": "vit_widelast", "kwargs": {"base_arch": "vit_tiny_patch16_224", "wide_dim": 64,
+                                               **student["kwargs"]}}
+    assert (runs[0].parameters, runs[0].flops) == inference_cost(student, 32)
+    assert (runs[2].parameters, runs[2].flops) == inference_cost(wide, 32)
+    # Lift adds the projector (32 x 64), its LN (128) and a head twice as wide, less the base's LN and head.
+    assert runs[1].parameters - runs[0].parameters == 32 * 64 + 128 + 64 * 10 - 32 * 10 - 64

@@ -30,6 +30,13 @@ Registered methods (docs/method.md section 5):
     always normalised with batch statistics. Here the parameters have ``requires_grad=False`` and the BN
     layers are built with ``track_running_stats=False`` so they use batch statistics in every mode, by
     construction.
+``lift``, ``widelast``
+    The follow-up paper's objectives for its two student architectures (:mod:`pipeline_steps.models.remedies`;
+    docs/method.md, "Lift and WideLast"): ``softkd + beta * mean over pairs of the pair loss``, the pair loss
+    ``feature_loss="spectral"`` (:func:`spectral_pair_loss`) or ``"mse"`` (MSE over all elements), the
+    teacher's channels average-pooled down to the student's when wider. Defaults are each architecture's best
+    released model: Lift with SpectralKD (77.53 %), WideLast with MSE (78.23 %). The class's
+    ``architecture`` names the student it is meant for (the distill step builds it).
 
 Logged loss parts and their weighting. ``forward`` returns ``loss`` and its parts, each ALREADY WEIGHTED so
 that ``loss == loss_base + loss_dist + loss_feat``:
@@ -62,8 +69,8 @@ from pipeline_steps.distillation.layer_pairs import LayerPairs
 from pipeline_steps.errors import UserError
 
 __all__ = ["AUTHORS_LOG_NAMES", "METHODS", "build_method", "CrossEntropy", "DistillMethod", "kd_kl_loss",
-           "pool_channels", "ProjectorKD", "ProjectorKDReleased", "register_method", "SoftKD", "spectral_pair_loss",
-           "SpectralKD", "standardize_channels"]
+           "LiftKD", "pool_channels", "ProjectorKD", "ProjectorKDReleased", "register_method", "SoftKD",
+           "spectral_pair_loss", "SpectralKD", "standardize_channels", "WideLastKD"]
 
 #: Our loss-part names -> the authors' metric names (their DeiT ``log.txt`` prefixes ``train_``).
 AUTHORS_LOG_NAMES: dict[str, str] = {
@@ -195,7 +202,7 @@ def build_method(name: str, *, student_channels: Sequence[int] = (), teacher_cha
 
     Args:
         name: A key of :data:`METHODS` (``ce``, ``softkd``, ``spectralkd``, ``projectorkd``,
-            ``projectorkd_released``).
+            ``projectorkd_released``, ``lift``, ``widelast``).
         student_channels: Channel count of the student map of each pair (same length as ``pairs``; for a
             ViT, ``[model.embed_dim] * len(pairs)``). Leave empty for methods without a feature term.
         teacher_channels: Channel count of the teacher map of each pair.
@@ -225,10 +232,13 @@ class DistillMethod(nn.Module):
 
     Attributes:
         name: The registry name (set by :func:`register_method`).
+        architecture: The student architecture the method implies (``"lift"``, ``"widelast"``), or ``None``
+            for a method that trains any student.
         pairs: ``(student_block, teacher_block)`` pairs, in the order the feature lists must follow.
     """
 
     name: ClassVar[str] = ""
+    architecture: ClassVar[str | None] = None
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     uses_features: ClassVar[bool] = False
 
@@ -576,3 +586,66 @@ class ProjectorKDReleased(_ProjectedKD):
         f_s = self.bn_student[index](self.project(index, student_map))
         f_t = self.bn_teacher[index](teacher_map)
         return F.mse_loss(f_s.float(), f_t.float())
+
+
+#: The ``feature_loss`` option of :class:`LiftKD` / :class:`WideLastKD`.
+_REMEDY_FEATURE_LOSSES = ("spectral", "mse")
+
+
+class _RemedyKD(_FeatureKD):
+    """SoftKD + ``beta`` * mean over pairs of a SpectralKD or MSE pair loss, for a follow-up student.
+
+    As the follow-up's code: when the teacher map is wider, its channels are average-pooled down to the
+    student's (:func:`pool_channels`; with the remedy's last block at the teacher's width nothing is pooled);
+    a wider student map is refused. No learnable parameters: the student's own projector (Lift) or wide
+    block (WideLast) is what learns the teacher's width.
+    """
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {**_FeatureKD.DEFAULTS, "feature_loss": "spectral"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.feature_loss not in _REMEDY_FEATURE_LOSSES:
+            raise UserError(f"option feature_loss={self.feature_loss!r} of method {self.name!r} must be one of "
+                            f"{', '.join(_REMEDY_FEATURE_LOSSES)}")
+        for i, (c_s, c_t) in enumerate(zip(self.student_channels, self.teacher_channels)):
+            if c_s > c_t:
+                raise UserError(f"{self.name}: layer pair {i} {self.pairs[i]} has {c_s} student channels > {c_t} "
+                                "teacher channels, which is unsupported (only the teacher is pooled); build the "
+                                "student with wide_dim equal to the teacher's width")
+
+    def pair_loss(self, index: int, student_map: Tensor, teacher_map: Tensor) -> Tensor:
+        """:func:`spectral_pair_loss` or the MSE against the channel-pooled teacher map."""
+        if self.feature_loss == "spectral":
+            return spectral_pair_loss(student_map, teacher_map)
+        target = pool_channels(teacher_map.float(), student_map.shape[1])
+        return F.mse_loss(student_map.float(), target)
+
+
+@register_method("lift")
+class LiftKD(_RemedyKD):
+    """The follow-up's Lift objective: SoftKD + ``beta`` * SpectralKD on the lifted last-block map.
+
+    Meant for the ``vit_lift`` student (``architecture = "lift"``), whose last block's map is already at the
+    teacher's width. Default ``feature_loss="spectral"``: the follow-up's best Lift model (77.53 %).
+
+    Options: ``label_smoothing`` (0.1), ``alpha`` (0.9), ``tau`` (1.0), ``beta`` (0.2), ``feature_loss``
+    (``"spectral"`` or ``"mse"``).
+    """
+
+    architecture: ClassVar[str | None] = "lift"
+
+
+@register_method("widelast")
+class WideLastKD(_RemedyKD):
+    """The follow-up's WideLast objective: SoftKD + ``beta`` * MSE on the wide last block's patch tokens.
+
+    Meant for the ``vit_widelast`` student (``architecture = "widelast"``). Default ``feature_loss="mse"``:
+    the follow-up's best WideLast model (78.23 %).
+
+    Options: ``label_smoothing`` (0.1), ``alpha`` (0.9), ``tau`` (1.0), ``beta`` (0.2), ``feature_loss``
+    (``"spectral"`` or ``"mse"``).
+    """
+
+    architecture: ClassVar[str | None] = "widelast"
+    DEFAULTS: ClassVar[dict[str, Any]] = {**_RemedyKD.DEFAULTS, "feature_loss": "mse"}

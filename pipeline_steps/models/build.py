@@ -19,6 +19,8 @@ from typing import Any, Mapping
 import torch
 
 from pipeline_steps.errors import UserError, one_line
+# Registers the follow-up's student architectures (vit_lift, vit_widelast) with timm, so every spec names them.
+from pipeline_steps.models import remedies as _remedies  # noqa: F401
 from pipeline_steps.models.layers import layer_kind, num_blocks, num_layers
 from pipeline_steps.models.weights import load_weights
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from pipeline_steps.errors import UserError
 
-__all__ = ["check_input_size", "check_num_classes", "forward_with_features", "intermediate_indices",
+__all__ = ["block_channels", "check_input_size", "check_num_classes", "forward_with_features", "intermediate_indices",
            "kind_of_layer_names", "layer_kind", "layer_names", "model_arch", "num_blocks", "num_layers",
            "order_features", "resolve_layers"]
 
@@ -96,6 +96,23 @@ def num_blocks(model: torch.nn.Module) -> int:
             if _stage_offset(model) is not None else ""
         raise UserError(f"model '{model_arch(model)}' has no 'blocks'{stages}; use a ViT-style timm model")
     return len(blocks)
+
+
+def block_channels(model: torch.nn.Module) -> list[int]:
+    """The channel count of each block's output map (what ``forward_intermediates`` returns per block).
+
+    ``model.embed_dim`` for every block of a plain ViT; a block that changes the width (the last block of
+    the follow-up's Lift and WideLast students, :mod:`pipeline_steps.models.remedies`) says its own with an
+    ``out_channels`` attribute.
+
+    Raises:
+        UserError: The model has no ``blocks`` or no integer ``embed_dim``.
+    """
+    n = num_blocks(model)
+    width = getattr(model, "embed_dim", None)
+    if isinstance(width, bool) or not isinstance(width, int):
+        raise UserError(f"model '{model_arch(model)}' has no integer embed_dim; use a ViT-style timm model")
+    return [int(getattr(model.blocks[i], "out_channels", width)) for i in range(n)]
 
 
 def resolve_layers(model: torch.nn.Module, layers: str | Iterable[int]) -> list[int]:

@@ -80,7 +80,7 @@ TABLE1_COLUMNS = (
     "source", "method", "label", "layers", "beta", "epochs", "n_seeds", "seeds",
     "best_top1", "best_top1_std", "best_top1_ci_low", "best_top1_ci_high",
     "best_epoch", "best_epochs", "final_top1", "gap_best_final", "top5_at_best",
-    "delta_vs_softkd", "logs",
+    "delta_vs_softkd", "logs", "architecture", "parameters", "gflops",
 )
 
 
@@ -90,7 +90,8 @@ _TABLE1_DTYPES = {
     "n_seeds": "int64", "seeds": "string", "best_top1": "float64", "best_top1_std": "float64",
     "best_top1_ci_low": "float64", "best_top1_ci_high": "float64", "best_epoch": "Int64",
     "best_epochs": "string", "final_top1": "float64", "gap_best_final": "float64",
-    "top5_at_best": "float64", "delta_vs_softkd": "float64", "logs": "string",
+    "top5_at_best": "float64", "delta_vs_softkd": "float64", "logs": "string", "architecture": "string",
+    "parameters": "Int64", "gflops": "float64",
 }
 
 
@@ -252,6 +253,10 @@ class RunSpec:
         label: Display name for the row (default: ``method``). Runs of one row must not carry
             different labels: that would mean they are different configurations.
         source: Who ran it, one of :data:`SOURCES`; runs of different sources are never one row.
+        architecture: The student architecture (``base``, ``lift``, ``widelast``): part of the row, so a
+            SoftKD run on a Lift student is never pooled with plain SoftKD.
+        parameters: The student's parameter count (``models.cost.inference_cost``); None if unknown.
+        flops: The FLOPs of one image's forward pass at the dataset's image size; None if unknown.
     """
 
     method: str
@@ -262,14 +267,17 @@ class RunSpec:
     log_path: Path
     label: str | None = None
     source: str = SOURCE_PIPELINE
+    architecture: str = "base"
+    parameters: int | None = None
+    flops: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "log_path", Path(self.log_path))
 
     @property
-    def key(self) -> tuple[str, str, str, float | None, int]:
-        """The grouping key ``(source, method, layers, beta, epochs)``."""
-        return (self.source, self.method, self.layers, self.beta, self.epochs)
+    def key(self) -> tuple[str, str, str, float | None, int, str]:
+        """The grouping key ``(source, method, layers, beta, epochs, architecture)``."""
+        return (self.source, self.method, self.layers, self.beta, self.epochs, self.architecture)
 
 
 def published_table1_runs(logs_dir: str | os.PathLike) -> list[RunSpec]:
@@ -325,7 +333,7 @@ def _check_complete(spec: RunSpec, log: pd.DataFrame) -> None:
 
 
 def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataFrame:
-    """Aggregate runs into Table 1: one row per (source, method, layers, beta, epochs), over seeds.
+    """Aggregate runs into Table 1: one row per (source, method, layers, beta, epochs, architecture), over seeds.
 
     Runs of different sources (:data:`SOURCES`) are never one row and never one statistic: a published
     log and a run of ours with the same configuration and seed are two rows.
@@ -338,8 +346,11 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
     ``final_top1`` and ``gap_best_final`` and ``top5_at_best`` (means); ``delta_vs_softkd``
     (``best_top1`` minus the baseline row's with the SAME source and epochs: the row with method
     ``baseline``, layers ``"-"``, beta None; NaN without one; 0 on the baseline row); ``label``
-    (display name); ``logs`` (";"-joined log paths). Rows: by source (:data:`SOURCES` order), then the
-    baseline first, then by method, layers, beta (None first), epochs.
+    (display name); ``logs`` (";"-joined log paths); ``architecture`` (the student's); ``parameters`` and
+    ``gflops`` (the student's inference cost per image, from the runs' :class:`RunSpec`; empty when
+    unknown, e.g. for the published logs). The baseline is a ``base``-architecture row. Rows: by source
+    (:data:`SOURCES` order), then the baseline first, then by method, layers, beta (None first), epochs,
+    architecture (base first).
 
     Args:
         runs: The runs; each log must hold exactly its planned epochs.
@@ -362,17 +373,23 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
         groups.setdefault(spec.key, []).append((spec, run_summary(log)))
 
     rows = []
-    for (source, method, layers, beta, epochs), members in groups.items():
+    for (source, method, layers, beta, epochs, architecture), members in groups.items():
         members.sort(key=lambda m: m[0].seed)
         seeds = [m[0].seed for m in members]
         if len(set(seeds)) != len(seeds):
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
             raise UserError(f"seed(s) {dup} listed twice for {source} {method} {layers} beta={beta} {epochs} ep "
+                            f"{'' if architecture == 'base' else architecture + ' student '}"
                             f"({'; '.join(str(m[0].log_path) for m in members)}); list each run once")
         labels = {m[0].label for m in members if m[0].label is not None}
         if len(labels) > 1:
             raise UserError(f"runs of {method} {layers} beta={beta} {epochs} ep carry different labels "
                             f"{sorted(labels)}; give them distinct methods if they differ, else one label")
+        costs = {(m[0].parameters, m[0].flops) for m in members}
+        if len(costs) > 1:
+            raise UserError(f"runs of {method} {layers} beta={beta} {epochs} ep carry different inference costs "
+                            f"{sorted(costs, key=str)}; they are different students, give them distinct rows")
+        parameters, flops = costs.pop()
         best = np.array([m[1]["best_top1"] for m in members])
         n = len(best)
         mean = float(best.mean())
@@ -402,7 +419,10 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
             "top5_at_best": float(np.mean([m[1]["top5_at_best"] for m in members])),
             "delta_vs_softkd": float("nan"),
             "logs": ";".join(str(m[0].log_path) for m in members),
-            "_is_baseline": method == baseline and layers == "-" and beta is None,
+            "architecture": architecture,
+            "parameters": pd.NA if parameters is None else int(parameters),
+            "gflops": float("nan") if flops is None else flops / 1e9,
+            "_is_baseline": method == baseline and layers == "-" and beta is None and architecture == "base",
         })
     df = pd.DataFrame(rows)
     # Each row against the baseline of its own source: never one source's runs against the other's.
@@ -413,9 +433,11 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
     df["_source_order"] = df["source"].map(SOURCES.index)
     df["_not_baseline"] = df["method"] != baseline
     df["_beta_set"] = df["beta"].notna()
-    df = df.sort_values(["_source_order", "_not_baseline", "method", "layers", "_beta_set", "beta", "epochs"],
-                        kind="stable")
-    df = df.drop(columns=["_is_baseline", "_source_order", "_not_baseline", "_beta_set"]).reset_index(drop=True)
+    df["_arch_order"] = df["architecture"].map(lambda a: (a != "base", a))
+    df = df.sort_values(["_source_order", "_not_baseline", "method", "layers", "_beta_set", "beta", "epochs",
+                         "_arch_order"], kind="stable")
+    df = df.drop(columns=["_is_baseline", "_source_order", "_not_baseline", "_beta_set",
+                          "_arch_order"]).reset_index(drop=True)
     df = df[list(TABLE1_COLUMNS)].astype(_TABLE1_DTYPES)
     df.attrs["baseline"] = baseline
     return df
@@ -439,6 +461,16 @@ def _best_cell(row: pd.Series, pm: str) -> str:
         return f"{row['best_top1']:.2f} ({row['best_epoch']})"
     return (f"{row['best_top1']:.2f}{pm}{row['best_top1_std']:.2f} "
             f"[{row['best_top1_ci_low']:.2f}, {row['best_top1_ci_high']:.2f}]")
+
+
+def _params_text(parameters: Any) -> str:
+    """"5.98 M"; "-" when unknown."""
+    return "-" if parameters is None or pd.isna(parameters) else f"{int(parameters) / 1e6:.2f} M"
+
+
+def _gflops_text(gflops: float) -> str:
+    """Three decimals, as the follow-up reports them ("2.536"); "-" when unknown."""
+    return "-" if gflops is None or pd.isna(gflops) else f"{gflops:.3f}"
 
 
 def _md_escape(text: str) -> str:
@@ -479,17 +511,19 @@ def table1_markdown(df: pd.DataFrame) -> str:
     """
     _check_table(df)
     header = ["source", "method", "layers", "beta", "epochs", "seeds", "best top-1 (epoch)", "final top-1",
-              f"Δ vs {_baseline_name(df)}"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["--:"] * 6) + "|"]
+              f"Δ vs {_baseline_name(df)}", "params", "GFLOPs"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["--:"] * 8) + "|"]
     for _, r in df.iterrows():
         cells = [_md_escape(r["source"]), _md_escape(r["label"]), _md_escape(r["layers"]), _beta_text(r["beta"]),
                  str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, " ± "), _fmt(r["final_top1"]),
-                 _fmt(r["delta_vs_softkd"], True)]
+                 _fmt(r["delta_vs_softkd"], True), _params_text(r["parameters"]), _gflops_text(r["gflops"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Top-1 (%): the best epoch's test top-1 (model selection on the evaluation set, as in the paper); "
                  "several seeds: mean ± sample std [95% Student-t interval]; final top-1 = last epoch (mean); "
-                 f"Δ = best top-1 minus {_baseline_name(df)}'s with the same source and epochs.")
+                 f"Δ = best top-1 minus {_baseline_name(df)}'s with the same source and epochs (a base student); "
+                 "params and GFLOPs: the student's inference cost per image at the dataset's image size "
+                 "(2 x multiply-accumulates; - = not known).")
     lines.append("")
     lines.append(SOURCE_CAPTION)
     if (df["n_seeds"] == 1).all():
@@ -517,13 +551,14 @@ def table1_latex(df: pd.DataFrame) -> str:
         return "--" if text == "-" else tex_escape(text)
 
     header = ["Source", "Method", "Layers", r"$\beta$", "Epochs", "Seeds", "Best top-1 (epoch)", "Final top-1",
-              rf"$\Delta$ vs {tex_escape(_baseline_name(df))}"]
+              rf"$\Delta$ vs {tex_escape(_baseline_name(df))}", "Params (M)", "GFLOPs"]
     lines = ["% Generated by pipeline_steps.reporting.tables; requires \\usepackage{booktabs}.",
-             r"\begin{tabular}{lllrrrrrr}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+             r"\begin{tabular}{lllrrrrrrrr}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     for _, r in df.iterrows():
         final = "--" if pd.isna(r["final_top1"]) else f"{r['final_top1']:.2f}"
         cells = [tex_escape(r["source"]), tex_escape(r["label"]), dash(r["layers"]), dash(_beta_text(r["beta"])),
-                 str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, r" $\pm$ "), final, signed(r["delta_vs_softkd"])]
+                 str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, r" $\pm$ "), final, signed(r["delta_vs_softkd"]),
+                 dash(_params_text(r["parameters"]).removesuffix(" M")), dash(_gflops_text(r["gflops"]))]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", "% " + SOURCE_CAPTION]
     if (df["n_seeds"] == 1).all():
@@ -583,13 +618,37 @@ def read_table1(path: str | os.PathLike) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ CLI
 def grid_runs(params: dict, runs_dir: str | os.PathLike) -> list[RunSpec]:
     """RunSpecs for the config's distillation grid (source :data:`SOURCE_PIPELINE`), reading
-    ``<runs_dir>/<run id>/log.txt``."""
+    ``<runs_dir>/<run id>/log.txt``, with each student's architecture and inference cost per image
+    (:func:`pipeline_steps.models.cost.inference_cost` of the run's student spec, built on the meta device, at
+    the dataset's image size: ``dataset.synthetic.image_size`` or ``dataset.eval_preprocess.crop``)."""
     from pipeline_steps.config import distill_runs, layers_text
 
+    runs = distill_runs(params)
+    costs = {arch: _student_cost(params, arch) for arch in sorted({run.architecture for run in runs})}
     return [RunSpec(method=METHOD_NAMES[run.method], layers=layers_text(run.layers),
                     beta=run.beta, epochs=run.epochs, seed=run.seed,
-                    log_path=Path(runs_dir) / run.run_id / "log.txt", label=run.label, source=SOURCE_PIPELINE)
-            for run in distill_runs(params)]
+                    log_path=Path(runs_dir) / run.run_id / "log.txt", label=run.label, source=SOURCE_PIPELINE,
+                    architecture=run.architecture, parameters=costs[run.architecture][0],
+                    flops=costs[run.architecture][1])
+            for run in runs]
+
+
+def _student_cost(params: dict, architecture: str) -> tuple[int, int]:
+    """``(parameters, flops)`` of the grid's student of ``architecture`` (the seed does not change them)."""
+    import torch
+
+    from pipeline_steps.config import student_spec
+    from pipeline_steps.models.build import _build, _check_arch
+    from pipeline_steps.models.cost import inference_cost
+    from pipeline_steps.models.remedies import student_spec_for
+
+    dataset = params["dataset"]
+    size = dataset["synthetic"]["image_size"] if dataset["kind"] == "synthetic" else dataset["eval_preprocess"]["crop"]
+    teacher = params["teacher"]["model"]
+    _check_arch(teacher["arch"])
+    with torch.device("meta"):  # only the teacher's width is needed
+        width = int(_build(teacher["arch"], teacher.get("kwargs") or {}, pretrained=False).embed_dim)
+    return inference_cost(student_spec_for(student_spec(params, 0), architecture, width), size)
 
 
 def table1_row_name(row: pd.Series) -> str:
@@ -598,6 +657,9 @@ def table1_row_name(row: pd.Series) -> str:
     E.g. ``"this pipeline: SoftKD, 300 ep"``, ``"authors' released: SpectralKD L1, beta 0.2, 300 ep"``.
     """
     parts = [row["method"] if row["layers"] == "-" else f"{row['method']} {row['layers']}"]
+    architecture = row.get("architecture", "base")
+    if not pd.isna(architecture) and architecture != "base":  # base rows keep their names
+        parts.append(f"{architecture} student")
     if not pd.isna(row["beta"]):
         parts.append(f"beta {float(row['beta'])!r}")
     parts.append(f"{row['epochs']} ep")
@@ -638,10 +700,10 @@ def paired_differences(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD)
     rows = []
     for _, r in table.iterrows():
         beta = None if pd.isna(r["beta"]) else float(r["beta"])
-        if r["method"] == baseline and r["layers"] == "-" and beta is None:
+        if r["method"] == baseline and r["layers"] == "-" and beta is None and r["architecture"] == "base":
             continue
-        ours = best[(r["source"], r["method"], r["layers"], beta, int(r["epochs"]))]
-        base = best.get((r["source"], baseline, "-", None, int(r["epochs"])), {})
+        ours = best[(r["source"], r["method"], r["layers"], beta, int(r["epochs"]), r["architecture"])]
+        base = best.get((r["source"], baseline, "-", None, int(r["epochs"]), "base"), {})
         seeds = sorted(set(ours) & set(base))
         if not seeds:
             continue
@@ -665,7 +727,7 @@ def table1_metrics(df: pd.DataFrame) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for _, row in df.iterrows():
         name = table1_row_name(row)
-        if name in out:  # table1() makes one row per (source, method, layers, beta, epochs)
+        if name in out:  # table1() makes one row per (source, method, layers, beta, epochs, architecture)
             raise UserError(f"two Table 1 rows are both '{name}'; build the table with tables.table1")
         out[name] = {k: float(row[k]) for k in keys if not pd.isna(row[k])}
     return out

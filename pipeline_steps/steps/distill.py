@@ -66,13 +66,16 @@ def run(grid_run: DistillRun, out_dir: str | os.PathLike, *, teacher: Mapping[st
     from pipeline_steps.distillation.layer_pairs import run_layer_pairs
     from pipeline_steps.distillation.methods import build_method
     from pipeline_steps.models.build import create_model
-    from pipeline_steps.models.layers import check_num_classes, num_blocks
+    from pipeline_steps.models.layers import block_channels, check_num_classes, num_blocks
+    from pipeline_steps.models.remedies import student_spec_for
     from pipeline_steps.training.loop import train
     from pipeline_steps.training.teacher_targets import TeacherTargets, read_teacher_cache
 
     train_set = open_dataset(dataset, "train", synthetic_path=synthetic_path, preprocessing="evaluation")
     test_set = open_dataset(dataset, "test", synthetic_path=synthetic_path, preprocessing="evaluation")
     teacher_model = create_model(teacher, weights_path=teacher_weights)
+    # Lift / WideLast: the follow-up's student built on the configured one, at the teacher's width.
+    student = student_spec_for(student, grid_run.architecture, teacher_model.embed_dim)
     student_model = create_model(student)
     check_num_classes(student_model, len(train_set.classes), where="student.model.kwargs.num_classes")
     check_num_classes(teacher_model, len(train_set.classes), where="teacher.model.kwargs.num_classes")
@@ -81,8 +84,9 @@ def run(grid_run: DistillRun, out_dir: str | os.PathLike, *, teacher: Mapping[st
         origin = f" (chosen from {evidence.described})" if evidence is not None else ""
         print(f"{grid_run.run_id}: layer pairs {grid_run.layers!r} -> (student, teacher) blocks "
               f"{', '.join(f'({s}, {t})' for s, t in pairs)}{origin}", flush=True)
-    objective = build_method(grid_run.method, pairs=pairs, student_channels=[student_model.embed_dim] * len(pairs),
-                             teacher_channels=[teacher_model.embed_dim] * len(pairs),
+    s_channels, t_channels = block_channels(student_model), block_channels(teacher_model)
+    objective = build_method(grid_run.method, pairs=pairs, student_channels=[s_channels[s] for s, _ in pairs],
+                             teacher_channels=[t_channels[t] for _, t in pairs],
                              label_smoothing=recipe.label_smoothing, **grid_run.loss_options())
     teacher_layers = [t for _, t in pairs]
 
@@ -145,7 +149,7 @@ def main(args: argparse.Namespace, params: dict[str, Any]) -> None:
     files = [p for p in (args.teacher_weights, args.data if params["dataset"]["kind"] == "synthetic" else None)
              if p is not None] + evidence_files
     config = {**select(params, (*TRAINING_DATA_PARAMS, "teacher.model", "student.model", "distill.train")),
-              "run": grid_run.__dict__}
+              "run": grid_run.fingerprint_fields()}
     run(grid_run, args.out_dir, teacher=teacher_spec(params, args.teacher_weights),
         student=student_spec(params, grid_run.seed),
         recipe=Recipe.from_params(params["distill"]["train"], seed=grid_run.seed, epochs=grid_run.epochs),
