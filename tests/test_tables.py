@@ -211,12 +211,18 @@ def test_writers(tmp_path):
     md = paths[1].read_text()
     soft, spec = df.iloc[0], df.iloc[1]
     assert md.splitlines()[0] == ("| source | method | layers | beta | epochs | seeds | best top-1 (epoch) "
-                                  "| final top-1 | Δ vs SoftKD | params | GFLOPs |")
+                                  "| final top-1 | Δ vs SoftKD | paired Δ [95% CI] | params | GFLOPs |")
     lo, hi = soft["best_top1_ci_low"], soft["best_top1_ci_high"]
-    assert f"| this pipeline | SoftKD | - | - | 3 | 3 | 70.40 ± 0.30 [{lo:.2f}, {hi:.2f}] | 70.33 | +0.00 |" in md
+    assert f"| this pipeline | SoftKD | - | - | 3 | 3 | 70.40 ± 0.30 [{lo:.2f}, {hi:.2f}] | 70.33 | +0.00 | - |" in md
     assert f"{lo:.2f}, {hi:.2f}" == "69.65, 71.15"
     assert (f"| this pipeline | SpectralKD_F1 | F1 | 0.2 | 3 | 3 | 71.13 ± 0.71 [{spec['best_top1_ci_low']:.2f}, "
-            f"{spec['best_top1_ci_high']:.2f}] | 70.97 | +0.73 |") in md
+            f"{spec['best_top1_ci_high']:.2f}] | 70.97 | +0.73 | +0.73 [-0.68, +2.15] (3) |") in md
+    # The paired cell is paired_differences' (tested against a direct computation below), and the caption
+    # names the row whose interval contains 0.
+    paired = tables.paired_differences(fixture_runs()).iloc[0]
+    assert (round(paired["diff_ci_low"], 2), round(paired["diff_ci_high"], 2)) == (-0.68, 2.15)
+    assert ("The paired 95% interval contains 0 (no difference to SoftKD resolved) for 1 of 1 rows: "
+            "SpectralKD_F1.") in md
     assert tables.SINGLE_SEED_CAPTION not in md
 
     tex = paths[2].read_text()
@@ -224,7 +230,8 @@ def test_writers(tmp_path):
     assert "this pipeline & SpectralKD\\_F1 & F1 & 0.2 & 3 & 3 & 71.13 $\\pm$ 0.71" in tex
     assert "SpectralKD_F1" not in tex.replace("SpectralKD\\_F1", "")  # no unescaped underscore left
     assert ("this pipeline & SoftKD & -- & -- & 3 & 3 & 70.40 $\\pm$ 0.30 [69.65, 71.15] & 70.33 & $+0.00$ & -- & -- "
-            "\\\\") in tex
+            "& -- \\\\") in tex
+    assert "& $+0.73$ & $+0.73$ [$-0.68$, $+2.15$] (3) & -- & -- \\\\" in tex
 
 
 def test_writers_single_seed_caption_and_escaping(tmp_path):
@@ -233,10 +240,12 @@ def test_writers_single_seed_caption_and_escaping(tmp_path):
     df = tables.table1(runs)
     paths = tables.write_table1(df, tmp_path / "t")
     md, tex = paths[1].read_text(), paths[2].read_text()
-    assert "| this pipeline | SoftKD | - | - | 3 | 1 | 70.10 (1) | 69.90 | +0.00 |" in md
-    assert "| this pipeline | 50% & $x_1$ \\| #1 | F1 | 0.2 | 3 | 1 | 71.00 (1) | 70.80 | +0.90 |" in md
+    assert "| this pipeline | SoftKD | - | - | 3 | 1 | 70.10 (1) | 69.90 | +0.00 | - |" in md
+    assert "| this pipeline | 50% & $x_1$ \\| #1 | F1 | 0.2 | 3 | 1 | 71.00 (1) | 70.80 | +0.90 | +0.90 (1) |" in md
+    assert "Paired intervals: none in this table (fewer than 2 paired seeds per row)." in md
     assert md.rstrip().endswith(f"{tables.SINGLE_SEED_CAPTION} Largest best-vs-final gap in this table: 0.20 points.")
-    assert "this pipeline & 50\\% \\& \\$x\\_1\\$ | \\#1 & F1 & 0.2 & 3 & 1 & 71.00 (1) & 70.80 & $+0.90$ & -- & -- \\\\" in tex
+    assert ("this pipeline & 50\\% \\& \\$x\\_1\\$ | \\#1 & F1 & 0.2 & 3 & 1 & 71.00 (1) & 70.80 & $+0.90$ & $+0.90$ (1) "
+            "& -- & -- \\\\") in tex
     assert tables.tex_escape("a\\b~c^d{e}") == "a\\textbackslash{}b\\textasciitilde{}c\\textasciicircum{}d\\{e\\}"
     assert tables.read_table1(paths[0])["label"].tolist() == ["SoftKD", "50% & $x_1$ | #1"]
 
@@ -509,7 +518,7 @@ def test_architecture_is_part_of_the_row_and_costs_are_shown(tmp_path):
     # The Lift row is measured against the base SoftKD row, not against itself.
     assert df.loc[1, "delta_vs_softkd"] == pytest.approx(df.loc[1, "best_top1"] - df.loc[0, "best_top1"], abs=1e-12)
     md = tables.table1_markdown(df)
-    assert "| +0.00 | 5.72 M | 2.507 |" in md
+    assert "| +0.00 | - | 5.72 M | 2.507 |" in md
     assert f"| SoftKD, Lift student | - | - | 3 | 1 | {df.loc[1, 'best_top1']:.2f} (" in md and "| 5.98 M | 2.537 |" in md
     assert "& 5.98 & 2.537 \\\\" in tables.table1_latex(df)
     paths = tables.write_table1(df, tmp_path / "t1", metrics=True)

@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -81,6 +81,7 @@ TABLE1_COLUMNS = (
     "best_top1", "best_top1_std", "best_top1_ci_low", "best_top1_ci_high",
     "best_epoch", "best_epochs", "final_top1", "gap_best_final", "top5_at_best",
     "delta_vs_softkd", "logs", "architecture", "parameters", "gflops",
+    "paired_n", "paired_delta", "paired_ci_low", "paired_ci_high",
 )
 
 
@@ -91,7 +92,8 @@ _TABLE1_DTYPES = {
     "best_top1_ci_low": "float64", "best_top1_ci_high": "float64", "best_epoch": "Int64",
     "best_epochs": "string", "final_top1": "float64", "gap_best_final": "float64",
     "top5_at_best": "float64", "delta_vs_softkd": "float64", "logs": "string", "architecture": "string",
-    "parameters": "Int64", "gflops": "float64",
+    "parameters": "Int64", "gflops": "float64", "paired_n": "int64", "paired_delta": "float64",
+    "paired_ci_low": "float64", "paired_ci_high": "float64",
 }
 
 
@@ -348,7 +350,10 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
     ``baseline``, layers ``"-"``, beta None; NaN without one; 0 on the baseline row); ``label``
     (display name); ``logs`` (";"-joined log paths); ``architecture`` (the student's); ``parameters`` and
     ``gflops`` (the student's inference cost per image, from the runs' :class:`RunSpec`; empty when
-    unknown, e.g. for the published logs). The baseline is a ``base``-architecture row. Rows: by source
+    unknown, e.g. for the published logs); ``paired_n``, ``paired_delta``, ``paired_ci_low`` /
+    ``paired_ci_high``: the per-seed difference to the baseline over the seeds both have
+    (:func:`paired_statistics`; 0 / NaN without a paired seed, NaN interval for one, all NaN on the baseline
+    row). The baseline is a ``base``-architecture row. Rows: by source
     (:data:`SOURCES` order), then the baseline first, then by method, layers, beta (None first), epochs,
     architecture (base first).
 
@@ -373,6 +378,7 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
         groups.setdefault(spec.key, []).append((spec, run_summary(log)))
 
     rows = []
+    best_by_seed: dict[tuple, dict[int, float]] = {}
     for (source, method, layers, beta, epochs, architecture), members in groups.items():
         members.sort(key=lambda m: m[0].seed)
         seeds = [m[0].seed for m in members]
@@ -399,6 +405,8 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
             lo, hi = mean - half, mean + half
         else:
             std = lo = hi = float("nan")
+        best_by_seed[(source, method, layers, beta, epochs, architecture)] = {
+            m[0].seed: m[1]["best_top1"] for m in members}
         rows.append({
             "source": source,
             "method": method,
@@ -424,6 +432,14 @@ def table1(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataF
             "gflops": float("nan") if flops is None else flops / 1e9,
             "_is_baseline": method == baseline and layers == "-" and beta is None and architecture == "base",
         })
+    # Seeds pair (same initialisation and data order): each row's per-seed differences to its baseline.
+    for row in rows:
+        beta = None if pd.isna(row["beta"]) else row["beta"]
+        key = (row["source"], row["method"], row["layers"], beta, row["epochs"], row["architecture"])
+        base = best_by_seed.get((row["source"], baseline, "-", None, row["epochs"], "base"), {})
+        stats = paired_statistics(best_by_seed[key], {} if row["_is_baseline"] else base)
+        row.update({"paired_n": stats["n_pairs"], "paired_delta": stats["diff_mean"],
+                    "paired_ci_low": stats["diff_ci_low"], "paired_ci_high": stats["diff_ci_high"]})
     df = pd.DataFrame(rows)
     # Each row against the baseline of its own source: never one source's runs against the other's.
     base = df[df["_is_baseline"]].set_index(["source", "epochs"])["best_top1"]
@@ -449,6 +465,38 @@ def _fmt(x: float, signed: bool = False) -> str:
     if x is None or pd.isna(x):
         return "-"
     return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _paired_cell(row: pd.Series, math: bool = False) -> str:
+    """"+0.42 [-0.10, +0.94] (3)" for several paired seeds; "+0.42 (1)" for one; "-" for none or the baseline.
+    ``math``: each number in LaTeX math mode (a true minus sign)."""
+    if row["paired_n"] == 0 or pd.isna(row["paired_delta"]):
+        return "-"
+    num = (lambda x: f"${x:+.2f}$") if math else (lambda x: f"{x:+.2f}")
+    if row["paired_n"] == 1:
+        return f"{num(row['paired_delta'])} (1)"
+    return (f"{num(row['paired_delta'])} [{num(row['paired_ci_low'])}, {num(row['paired_ci_high'])}] "
+            f"({int(row['paired_n'])})")
+
+
+def _zero_caption(df: pd.DataFrame) -> str:
+    """The caption line that says which paired intervals contain 0 (the differences not resolved)."""
+    with_ci = df[(df["paired_n"] > 1) & df["paired_ci_low"].notna()]
+    if with_ci.empty:
+        return "Paired intervals: none in this table (fewer than 2 paired seeds per row)."
+    contains = with_ci[(with_ci["paired_ci_low"] <= 0) & (with_ci["paired_ci_high"] >= 0)]
+    resolved = with_ci.drop(contains.index)
+    names = lambda rows: ", ".join(f"{r['label']}" + (f" ({r['source']})" if df["source"].nunique() > 1 else "")
+                                   for _, r in rows.iterrows())
+    parts = []
+    if len(contains):
+        parts.append(f"The paired 95% interval contains 0 (no difference to {_baseline_name(df)} resolved) for "
+                     f"{len(contains)} of {len(with_ci)} rows: {names(contains)}.")
+    else:
+        parts.append(f"No paired 95% interval contains 0: all {len(with_ci)} differences are resolved.")
+    if len(contains) and len(resolved):
+        parts.append(f"Resolved: {names(resolved)}.")
+    return " ".join(parts)
 
 
 def _beta_text(beta: float) -> str:
@@ -511,19 +559,24 @@ def table1_markdown(df: pd.DataFrame) -> str:
     """
     _check_table(df)
     header = ["source", "method", "layers", "beta", "epochs", "seeds", "best top-1 (epoch)", "final top-1",
-              f"Δ vs {_baseline_name(df)}", "params", "GFLOPs"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["--:"] * 8) + "|"]
+              f"Δ vs {_baseline_name(df)}", "paired Δ [95% CI]", "params", "GFLOPs"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["--:"] * 9) + "|"]
     for _, r in df.iterrows():
         cells = [_md_escape(r["source"]), _md_escape(r["label"]), _md_escape(r["layers"]), _beta_text(r["beta"]),
                  str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, " ± "), _fmt(r["final_top1"]),
-                 _fmt(r["delta_vs_softkd"], True), _params_text(r["parameters"]), _gflops_text(r["gflops"])]
+                 _fmt(r["delta_vs_softkd"], True), _paired_cell(r), _params_text(r["parameters"]),
+                 _gflops_text(r["gflops"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Top-1 (%): the best epoch's test top-1 (model selection on the evaluation set, as in the paper); "
                  "several seeds: mean ± sample std [95% Student-t interval]; final top-1 = last epoch (mean); "
                  f"Δ = best top-1 minus {_baseline_name(df)}'s with the same source and epochs (a base student); "
+                 "paired Δ = mean over seeds of (best top-1 minus the same seed's baseline run), which shares "
+                 "its initialisation and data order, [its 95% Student-t interval] (paired seeds); "
                  "params and GFLOPs: the student's inference cost per image at the dataset's image size "
                  "(2 x multiply-accumulates; - = not known).")
+    lines.append("")
+    lines.append(_zero_caption(df))
     lines.append("")
     lines.append(SOURCE_CAPTION)
     if (df["n_seeds"] == 1).all():
@@ -551,16 +604,17 @@ def table1_latex(df: pd.DataFrame) -> str:
         return "--" if text == "-" else tex_escape(text)
 
     header = ["Source", "Method", "Layers", r"$\beta$", "Epochs", "Seeds", "Best top-1 (epoch)", "Final top-1",
-              rf"$\Delta$ vs {tex_escape(_baseline_name(df))}", "Params (M)", "GFLOPs"]
+              rf"$\Delta$ vs {tex_escape(_baseline_name(df))}", r"Paired $\Delta$ [95\% CI]", "Params (M)", "GFLOPs"]
     lines = ["% Generated by pipeline_steps.reporting.tables; requires \\usepackage{booktabs}.",
-             r"\begin{tabular}{lllrrrrrrrr}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+             r"\begin{tabular}{lllrrrrrrrrr}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     for _, r in df.iterrows():
         final = "--" if pd.isna(r["final_top1"]) else f"{r['final_top1']:.2f}"
         cells = [tex_escape(r["source"]), tex_escape(r["label"]), dash(r["layers"]), dash(_beta_text(r["beta"])),
                  str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, r" $\pm$ "), final, signed(r["delta_vs_softkd"]),
+                 "--" if _paired_cell(r) == "-" else _paired_cell(r, math=True),
                  dash(_params_text(r["parameters"]).removesuffix(" M")), dash(_gflops_text(r["gflops"]))]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", "% " + SOURCE_CAPTION]
+    lines += [r"\bottomrule", r"\end{tabular}", "% " + tex_escape(_zero_caption(df)), "% " + SOURCE_CAPTION]
     if (df["n_seeds"] == 1).all():
         lines.append("% " + SINGLE_SEED_CAPTION)
     return "\n".join(lines) + "\n"
@@ -671,14 +725,39 @@ PAIRED_COLUMNS = ("source", "method", "label", "layers", "beta", "epochs", "n_pa
                   "diff_std", "diff_ci_low", "diff_ci_high", "ci_contains_zero")
 
 
+def paired_statistics(ours: Mapping[int, float], baseline: Mapping[int, float]) -> dict[str, Any]:
+    """Per-seed differences ``ours[seed] - baseline[seed]`` over the seeds both have, with a 95% t-interval.
+
+    Returns:
+        ``n_pairs``, ``seeds`` (sorted), ``diff_mean``, ``diff_std`` (ddof 1), ``diff_ci_low`` /
+        ``diff_ci_high`` (mean -+ t_{0.975, n-1} * std / sqrt(n)) and ``ci_contains_zero``; the mean is NaN
+        without a pair, the last four NaN / NA for a single pair.
+    """
+    seeds = sorted(set(ours) & set(baseline))
+    diffs = np.array([ours[s] - baseline[s] for s in seeds], dtype=np.float64)
+    n = len(diffs)
+    mean = float(diffs.mean()) if n else float("nan")
+    std = lo = hi = float("nan")
+    if n > 1:
+        std = float(diffs.std(ddof=1))
+        half = t_quantile_975(n - 1) * std / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+    return {"n_pairs": n, "seeds": seeds, "diff_mean": mean, "diff_std": std, "diff_ci_low": lo,
+            "diff_ci_high": hi, "ci_contains_zero": pd.NA if n < 2 else bool(lo <= 0 <= hi)}
+
+
+PAIRED_COLUMNS = ("source", "method", "label", "layers", "beta", "epochs", "n_pairs", "seeds", "diff_mean",
+                  "diff_std", "diff_ci_low", "diff_ci_high", "ci_contains_zero")
+
+
 def paired_differences(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD) -> pd.DataFrame:
     """Each configuration's best top-1 minus the baseline's, seed by seed, with a 95% interval over seeds.
 
     Runs of this pipeline with the same seed share the student's initialisation and the data order, so the
     per-seed difference ``best_top1(config, seed) - best_top1(baseline, seed)`` removes that shared variation:
     the paired interval is the one to read when seeds pair (Table 1's unpaired intervals are wider). The
-    baseline is the row of method ``baseline`` (no layers, no beta) of the same source and epochs; only seeds
-    present in both count.
+    baseline is the row of method ``baseline`` (no layers, no beta, a base student) of the same source and
+    epochs; only seeds present in both count (:func:`paired_statistics`).
 
     Args:
         runs: The runs, as for :func:`table1`.
@@ -687,8 +766,8 @@ def paired_differences(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD)
     Returns:
         One row per non-baseline configuration with at least one paired seed, in Table 1's order: the
         configuration columns, ``n_pairs``, ``seeds`` (";"-joined), ``diff_mean``, ``diff_std`` (ddof 1),
-        ``diff_ci_low`` / ``diff_ci_high`` (mean -+ t_{0.975, n-1} * std / sqrt(n)) and ``ci_contains_zero``;
-        the last four are NaN / NA for a single pair.
+        ``diff_ci_low`` / ``diff_ci_high`` and ``ci_contains_zero``; the last four are NaN / NA for a single
+        pair.
 
     Raises:
         UserError: As :func:`table1` for the runs' logs.
@@ -703,21 +782,12 @@ def paired_differences(runs: Sequence[RunSpec], baseline: str = BASELINE_METHOD)
         if r["method"] == baseline and r["layers"] == "-" and beta is None and r["architecture"] == "base":
             continue
         ours = best[(r["source"], r["method"], r["layers"], beta, int(r["epochs"]), r["architecture"])]
-        base = best.get((r["source"], baseline, "-", None, int(r["epochs"]), "base"), {})
-        seeds = sorted(set(ours) & set(base))
-        if not seeds:
+        stats = paired_statistics(ours, best.get((r["source"], baseline, "-", None, int(r["epochs"]), "base"), {}))
+        if not stats["n_pairs"]:
             continue
-        diffs = np.array([ours[s] - base[s] for s in seeds])
-        n, mean = len(diffs), float(diffs.mean())
-        std = lo = hi = float("nan")
-        if n > 1:
-            std = float(diffs.std(ddof=1))
-            half = t_quantile_975(n - 1) * std / math.sqrt(n)
-            lo, hi = mean - half, mean + half
         rows.append({"source": r["source"], "method": r["method"], "label": r["label"], "layers": r["layers"],
-                     "beta": r["beta"], "epochs": int(r["epochs"]), "n_pairs": n,
-                     "seeds": ";".join(map(str, seeds)), "diff_mean": mean, "diff_std": std, "diff_ci_low": lo,
-                     "diff_ci_high": hi, "ci_contains_zero": pd.NA if n < 2 else bool(lo <= 0 <= hi)})
+                     "beta": r["beta"], "epochs": int(r["epochs"]), **stats,
+                     "seeds": ";".join(map(str, stats["seeds"]))})
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 
