@@ -25,32 +25,45 @@ import yaml
 
 from pipeline_steps.config import validate_params
 from pipeline_steps.distillation.methods import build_method
-from pipeline_steps.distillation.layer_pairs import parse_layer_pairs
+from pipeline_steps.distillation.layer_pairs import parse_layer_pairs, phase_pairs
 from pipeline_steps.models.build import create_model
-from pipeline_steps.models.layers import num_blocks
+from pipeline_steps.models.layers import block_channels, num_blocks
+from pipeline_steps.models.remedies import student_spec_for
 from pipeline_steps.training.recipe import Recipe, build_optimizer
 from pipeline_steps.training.teacher_targets import TeacherTargets, compute_teacher_cache
 from pipeline_steps.training.loop import Trainee
 
-#: (label, method, layers) timed; SoftKD first, the baseline.
+#: (label, method, layers, student architecture) timed; SoftKD first, the baseline. The phase runs' pairs are
+#: those phase:<name> resolves to on these models (6 / 12 blocks): expansion of the default teacher's
+#: increasing profile = every block by relative depth; compression of a U with its minimum at block 4.
 CASES = [
-    ("SoftKD", "softkd", None),
-    ("SpectralKD F1", "spectralkd", "F1"),
-    ("SpectralKD L1", "spectralkd", "L1"),
-    ("SpectralKD F1 L1", "spectralkd", "F1 L1"),
-    ("ProjectorKD F1", "projectorkd", "F1"),
-    ("ProjectorKD L1", "projectorkd", "L1"),
-    ("ProjectorKD F1 L1", "projectorkd", "F1 L1"),
+    ("SoftKD", "softkd", None, "base"),
+    ("SpectralKD F1", "spectralkd", "F1", "base"),
+    ("SpectralKD L1", "spectralkd", "L1", "base"),
+    ("SpectralKD F1 L1", "spectralkd", "F1 L1", "base"),
+    ("ProjectorKD F1", "projectorkd", "F1", "base"),
+    ("ProjectorKD L1", "projectorkd", "L1", "base"),
+    ("ProjectorKD F1 L1", "projectorkd", "F1 L1", "base"),
+    ("SpectralKD phase:expansion (6 pairs)", "spectralkd", phase_pairs(0, 11, 6, 12), "base"),
+    ("SpectralKD phase:compression (2 pairs)", "spectralkd", phase_pairs(0, 4, 6, 12), "base"),
+    ("Lift (SpectralKD L1)", "lift", "L1", "lift"),
+    ("WideLast (MSE L1)", "widelast", "L1", "widelast"),
+    ("SoftKD, Lift student", "softkd", None, "lift"),
+    ("SoftKD, WideLast student", "softkd", None, "widelast"),
 ]
 
 
-def build_case(params: dict, method: str, layers: str | None, teacher: torch.nn.Module, images: torch.Tensor,
-               cached: bool) -> tuple[Trainee, torch.optim.Optimizer, TeacherTargets]:
+def build_case(params: dict, method: str, layers: str | list | None, architecture: str, teacher: torch.nn.Module,
+               images: torch.Tensor, cached: bool) -> tuple[Trainee, torch.optim.Optimizer, TeacherTargets]:
     recipe = Recipe.from_params(params["distill"]["train"])
-    student = create_model({**params["student"]["model"], "weights": {"source": "random", "seed": 0}})
-    pairs = parse_layer_pairs(layers, num_blocks(student), num_blocks(teacher)) if layers else []
-    objective = build_method(method, pairs=pairs, student_channels=[student.embed_dim] * len(pairs),
-                             teacher_channels=[teacher.embed_dim] * len(pairs))
+    spec = student_spec_for({**params["student"]["model"], "weights": {"source": "random", "seed": 0}},
+                            architecture, teacher.embed_dim)
+    student = create_model(spec)
+    pairs = (list(layers) if isinstance(layers, list)
+             else parse_layer_pairs(layers, num_blocks(student), num_blocks(teacher)) if layers else [])
+    s_channels, t_channels = block_channels(student), block_channels(teacher)
+    objective = build_method(method, pairs=pairs, student_channels=[s_channels[s] for s, _ in pairs],
+                             teacher_channels=[t_channels[t] for _, t in pairs])
     t_layers = [t for _, t in pairs]
     if cached:
         data = torch.utils.data.TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
@@ -91,7 +104,8 @@ def main() -> None:
     print(f"# one training step, batch {batch}, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}")
     for cached in (True, False):
-        cases = {label: build_case(params, m, layers, teacher, images, cached) for label, m, layers in CASES}
+        cases = {label: build_case(params, m, layers, arch, teacher, images, cached)
+                 for label, m, layers, arch in CASES}
         for case in cases.values():  # warm-up
             for _ in range(3):
                 step(*case, images, labels, indices)
