@@ -176,6 +176,25 @@ def test_runs_whose_pairs_come_from_the_analysis_wait_for_it(planning_copy, tmp_
     assert bad.returncode != 0 and "cka names 'nope', which is not a distill.runs entry" in bad.stdout + bad.stderr
 
 
+def test_the_followup_rows_plan_on_the_paper_preset(planning_copy):
+    """configs/paper_followup.yaml after the paper preset: its 12 configurations x 3 seeds, each an 8-process
+    job; the phase runs read CaiT-S24's reductions, the cka run its SoftKD twin's statistics, the remedies
+    build their students at the teacher's width."""
+    proc = sh(["snakemake", "-n", "-p", "--configfile", "configs/paper.yaml", "configs/paper_followup.yaml"],
+              planning_copy)
+    runs = dict(re.findall(r"Distilling (\S+) \((\d+) epochs\)", proc.stdout))
+    assert len(runs) == 36 and set(runs.values()) == {"300"}, runs
+    commands = {m.group(1): m.group(0)
+                for m in re.finditer(r"^.* distill --config-json .*?--run-id (\S+).*$", proc.stdout, re.M)}
+    assert all("--nproc_per_node 8 -m pipeline_steps" in c for c in commands.values())
+    assert "--teacher-reductions results/reductions/teacher.parquet" in commands["phase_compression-s2"]
+    assert "--cka-statistics results/evolution/softkd-s1_statistics.parquet" in commands["cka_f1l1-s1"]
+    entry = json.loads(re.search(r"--config-json '([^']+)'", commands["widelast_softkd-s0"]).group(1))
+    assert entry["distill"]["runs"] == [{"name": "widelast_softkd", "method": "softkd", "architecture": "widelast",
+                                         "label": None, "layers": None, "beta": None, "epochs": None}]
+    assert entry["teacher"]["model"]["arch"] == "cait_s24_224" and entry["distill"]["train"]["batch_size"] == 2048
+
+
 def test_the_slurm_profile_by_its_short_name_and_by_its_path(planning_copy):
     """`snakemake --profile slurm`, as a user types it in the repository root (the `slurm` link there), and
     `--profile workflow/profiles/slurm` plan the default grid through the SLURM executor with the cluster
