@@ -103,8 +103,8 @@ def planning_copy(tmp_path_factory) -> Path:
 
 #: Jobs `snakemake -n` plans in a fresh clone, per preset (None: params.yaml). The paper preset's Fig. 4 draws 4 of
 #: its 13 runs (figures.evolution_panels); the headline lists every run's final entropy profile, so all 13
-#: evolution jobs are planned.
-PLANNED_JOBS = {None: 47, "configs/smoke.yaml": 29, "configs/paper.yaml": 44}
+#: evolution jobs are planned. The study: 36 distill and 36 evolution jobs (12 configurations x 3 seeds).
+PLANNED_JOBS = {None: 47, "configs/smoke.yaml": 29, "configs/paper.yaml": 44, "configs/study.yaml": 95}
 
 
 def planned_jobs(workdir: Path, *extra: str) -> int:
