@@ -120,3 +120,21 @@ def test_dataset_that_cannot_fit_in_memory(tmp_path):
     assert_one_line_error(proc, "dataset.synthetic.train_size = 1000000000000", "GiB of memory",
                           "lower dataset.synthetic.train_size")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layers, extra, message", [
+    ("phase:compression", [], "are chosen from the teacher's entropy profile; pass --teacher-reductions"),
+    ("phase:compression", ["--teacher-reductions", "missing.parquet"], "teacher reductions missing.parquet not found"),
+    ("cka:softkd:F1", [], "are chosen from that run's CKA matrix; pass --cka-statistics"),
+    ("phase:middle", [], "unknown phase 'middle'"),
+])
+def test_a_run_whose_pairs_come_from_the_analysis_without_it(sampled, tmp_path, layers, extra, message):
+    """A phase or cka run refuses to start without the analysis it is chosen from, before any output."""
+    runs = [{"name": "softkd", "method": "softkd"}, {"name": "x", "method": "spectralkd", "layers": layers}]
+    cfg = json.dumps({**DATA, "student": {"model": TINY}, "distill": {"runs": runs, "teacher_cache": "off"},
+                      "teacher": {"model": {**TINY, "weights": {"source": "random"}}}})
+    out = tmp_path / "run"
+    proc = run_step("distill", "--config-json", cfg, "--run-id", "x-s0", "--data", str(sampled / "data.npz"),
+                    "--out-dir", str(out), *extra)
+    assert_one_line_error(proc, message)
+    assert not out.exists()
