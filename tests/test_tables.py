@@ -546,3 +546,12 @@ def test_grid_runs_carry_each_students_inference_cost(tmp_path):
     assert (runs[2].parameters, runs[2].flops) == inference_cost(wide, 32)
     # Lift adds the projector (32 x 64), its LN (128) and a head twice as wide, less the base's LN and head.
     assert runs[1].parameters - runs[0].parameters == 32 * 64 + 128 + 64 * 10 - 32 * 10 - 64
+
+
+def test_the_caption_lists_rows_whose_paired_interval_contains_zero_one_by_one():
+    """Labels may hold commas ("SpectralKD, Lift student"): the caption separates rows with semicolons."""
+    lift = [RunSpec("SpectralKD", "L1", 0.2, 3, seed, FIXTURES / f"spectralkd_f1_seed{seed}.txt",
+                    "SpectralKD, Lift student", architecture="lift") for seed in (0, 1, 2)]
+    md = tables.table1_markdown(tables.table1(fixture_runs() + lift))
+    assert ("The paired 95% interval contains 0 (no difference to SoftKD resolved) for 2 of 2 rows: "
+            "SpectralKD_F1; SpectralKD, Lift student.") in md

@@ -486,7 +486,8 @@ def _zero_caption(df: pd.DataFrame) -> str:
         return "Paired intervals: none in this table (fewer than 2 paired seeds per row)."
     contains = with_ci[(with_ci["paired_ci_low"] <= 0) & (with_ci["paired_ci_high"] >= 0)]
     resolved = with_ci.drop(contains.index)
-    names = lambda rows: ", ".join(f"{r['label']}" + (f" ({r['source']})" if df["source"].nunique() > 1 else "")
+    # "; " between rows: labels may hold commas ("SoftKD, Lift student").
+    names = lambda rows: "; ".join(f"{r['label']}" + (f" ({r['source']})" if df["source"].nunique() > 1 else "")
                                    for _, r in rows.iterrows())
     parts = []
     if len(contains):
