@@ -36,7 +36,7 @@ from pipeline_steps.config import METHOD_NAMES
 from pipeline_steps.errors import UserError
 
 __all__ = ["BASELINE_METHOD", "PAIRED_COLUMNS", "PUBLISHED_TABLE1_LOGS", "SINGLE_SEED_CAPTION", "SOURCE_CAPTION",
-           "SOURCE_PIPELINE", "SOURCE_RELEASED", "SOURCES", "TABLE1_COLUMNS", "grid_runs", "paired_differences",
+           "SOURCE_PIPELINE", "SOURCE_RELEASED", "SOURCES", "TABLE1_COLUMNS", "grid_runs", "paired_differences", "paired_statistics",
            "published_table1_runs", "read_run_log", "read_table1", "run_summary", "RunSpec", "t_quantile_975",
            "table1", "table1_latex", "table1_markdown", "table1_metrics", "table1_row_name", "tex_escape",
            "write_table1"]
