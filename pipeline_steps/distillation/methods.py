@@ -227,8 +227,8 @@ def build_method(name: str, *, student_channels: Sequence[int] = (), teacher_cha
 class DistillMethod(nn.Module):
     """Base class: one objective, one ``forward`` signature for all methods.
 
-    Subclasses set ``DEFAULTS`` (accepted options and their defaults), ``uses_features`` and implement
-    :meth:`forward`. Options are validated in ``__init__`` and stored as attributes of the same name.
+    Subclasses set ``DEFAULTS`` (accepted options and their defaults), ``CHOICES`` (the options that take one
+    of a few names), ``uses_features`` and implement :meth:`forward`. Options are validated in ``__init__`` and stored as attributes of the same name.
 
     Attributes:
         name: The registry name (set by :func:`register_method`).
@@ -240,6 +240,8 @@ class DistillMethod(nn.Module):
     name: ClassVar[str] = ""
     architecture: ClassVar[str | None] = None
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: Options that take one of a few names: option -> the accepted names (checked with the other options).
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
     uses_features: ClassVar[bool] = False
 
     def __init__(self, *, student_channels: Sequence[int] = (), teacher_channels: Sequence[int] = (),
@@ -289,6 +291,10 @@ class DistillMethod(nn.Module):
                 setattr(self, key, float(value))
         if "seed" in self.DEFAULTS and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise UserError(f"option seed={self.seed!r} of method {self.name!r} must be an integer")
+        for key, names in self.CHOICES.items():
+            if getattr(self, key) not in names:
+                raise UserError(f"option {key}={getattr(self, key)!r} of method {self.name!r} must be one of "
+                                f"{', '.join(names)}")
 
     @property
     def needs_teacher_logits(self) -> bool:
@@ -543,12 +549,7 @@ class ProjectorKD(_ProjectedKD):
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = {**_ProjectedKD.DEFAULTS, "target": "standardized"}
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if self.target not in _PROJECTOR_TARGETS:
-            raise UserError(f"option target={self.target!r} of method {self.name!r} must be one of "
-                            f"{', '.join(_PROJECTOR_TARGETS)}")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"target": _PROJECTOR_TARGETS}
 
     def pair_loss(self, index: int, student_map: Tensor, teacher_map: Tensor) -> Tensor:
         """MSE between the projected student map and the (standardised) teacher map."""
@@ -602,12 +603,10 @@ class _RemedyKD(_FeatureKD):
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = {**_FeatureKD.DEFAULTS, "feature_loss": "spectral"}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"feature_loss": _REMEDY_FEATURE_LOSSES}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.feature_loss not in _REMEDY_FEATURE_LOSSES:
-            raise UserError(f"option feature_loss={self.feature_loss!r} of method {self.name!r} must be one of "
-                            f"{', '.join(_REMEDY_FEATURE_LOSSES)}")
         for i, (c_s, c_t) in enumerate(zip(self.student_channels, self.teacher_channels)):
             if c_s > c_t:
                 raise UserError(f"{self.name}: layer pair {i} {self.pairs[i]} has {c_s} student channels > {c_t} "
