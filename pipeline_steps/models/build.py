@@ -24,7 +24,7 @@ from pipeline_steps.models import remedies as _remedies  # noqa: F401
 from pipeline_steps.models.layers import layer_kind, num_blocks, num_layers
 from pipeline_steps.models.weights import load_weights
 
-__all__ = ["create_model", "describe_model", "model_depth"]
+__all__ = ["create_model", "describe_model", "meta_model", "model_depth"]
 
 
 def _check_arch(arch: str) -> None:
@@ -158,13 +158,22 @@ def create_model(spec: Mapping[str, Any], *, weights_path: str | os.PathLike | N
     return model.float().eval()
 
 
-def model_depth(spec: Mapping[str, Any]) -> int:
-    """The number of blocks of the model ``spec`` describes, without allocating or loading its weights (the
-    model is built on PyTorch's meta device)."""
+def meta_model(spec: Mapping[str, Any]) -> torch.nn.Module:
+    """The model ``spec`` describes (``arch`` + ``kwargs``; ``weights`` ignored) on PyTorch's meta device: its
+    structure without allocating, initialising or loading any weight.
+
+    Raises:
+        UserError: Unknown arch (with close matches) or kwargs the model rejects.
+    """
     _check_arch(spec["arch"])
     with torch.device("meta"):
-        model = _build(spec["arch"], spec.get("kwargs") or {}, pretrained=False)
-    return num_blocks(model)
+        return _build(spec["arch"], spec.get("kwargs") or {}, pretrained=False)
+
+
+def model_depth(spec: Mapping[str, Any]) -> int:
+    """The number of blocks of the model ``spec`` describes, without allocating or loading its weights
+    (:func:`meta_model`)."""
+    return num_blocks(meta_model(spec))
 
 
 def _check_model(model: torch.nn.Module, arch: str) -> None:
@@ -211,10 +220,8 @@ def describe_model(spec: Mapping[str, Any]) -> str:
     Raises:
         UserError: Unknown architecture or kwargs it does not accept.
     """
-    arch, kwargs = spec["arch"], dict(spec.get("kwargs") or {})
-    _check_arch(arch)
-    with torch.device("meta"):
-        model = _build(arch, kwargs, pretrained=False)
+    arch = spec["arch"]
+    model = meta_model(spec)
     prefix = arch.split("_")[0]
     # "resnet18", "resnet10t": the family is the prefix without its depth.
     family = _FAMILY_NAMES.get(prefix) or _FAMILY_NAMES.get(re.sub(r"\d.*$", "", prefix), prefix)

@@ -44,11 +44,9 @@ def inference_cost(spec_or_model: Mapping[str, Any] | nn.Module,
 
         model = copy.deepcopy(spec_or_model).to("meta")
     else:
-        from pipeline_steps.models.build import _build, _check_arch
+        from pipeline_steps.models.build import meta_model
 
-        _check_arch(spec_or_model["arch"])
-        with torch.device("meta"):
-            model = _build(spec_or_model["arch"], spec_or_model.get("kwargs") or {}, pretrained=False)
+        model = meta_model(spec_or_model)
     check_input_size(model, size)
     parameters = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)

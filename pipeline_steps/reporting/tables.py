@@ -690,19 +690,14 @@ def grid_runs(params: dict, runs_dir: str | os.PathLike) -> list[RunSpec]:
 
 def _student_cost(params: dict, architecture: str) -> tuple[int, int]:
     """``(parameters, flops)`` of the grid's student of ``architecture`` (the seed does not change them)."""
-    import torch
-
     from pipeline_steps.config import student_spec
-    from pipeline_steps.models.build import _build, _check_arch
+    from pipeline_steps.models.build import meta_model
     from pipeline_steps.models.cost import inference_cost
     from pipeline_steps.models.remedies import student_spec_for
 
     dataset = params["dataset"]
     size = dataset["synthetic"]["image_size"] if dataset["kind"] == "synthetic" else dataset["eval_preprocess"]["crop"]
-    teacher = params["teacher"]["model"]
-    _check_arch(teacher["arch"])
-    with torch.device("meta"):  # only the teacher's width is needed
-        width = int(_build(teacher["arch"], teacher.get("kwargs") or {}, pretrained=False).embed_dim)
+    width = int(meta_model(params["teacher"]["model"]).embed_dim)  # only the teacher's width is needed
     return inference_cost(student_spec_for(student_spec(params, 0), architecture, width), size)
 
 
