@@ -188,12 +188,13 @@ def layers_text(layers: str | Mapping | None) -> str:
         return "-"
     if isinstance(layers, str):
         # A prefix (distillation.layer_pairs) stays as written, lower-case; the F/L base is upper-case.
-        *prefix, base = ["".join(part.split()) for part in layers.split(":")]
+        *head, base = layers.split(":")
+        prefix = ["".join(part.split()) for part in head]
         if prefix:
             prefix[0] = prefix[0].lower()
         if prefix == ["phase"]:
-            return f"phase:{base.lower()}"
-        return ":".join([*prefix, " ".join(layers.split(":")[-1].upper().replace(",", " ").split())])
+            return "phase:" + "".join(base.split()).lower()
+        return ":".join([*prefix, " ".join(base.upper().replace(",", " ").split())])
     return f"S{list(layers['student'])} T{list(layers['teacher'])}"
 
 

@@ -467,12 +467,12 @@ def _fmt(x: float, signed: bool = False) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def _paired_cell(row: pd.Series, math: bool = False) -> str:
+def _paired_cell(row: pd.Series, latex: bool = False) -> str:
     """"+0.42 [-0.10, +0.94] (3)" for several paired seeds; "+0.42 (1)" for one; "-" for none or the baseline.
-    ``math``: each number in LaTeX math mode (a true minus sign)."""
+    ``latex``: each number in math mode (a true minus sign), "--" for none."""
     if row["paired_n"] == 0 or pd.isna(row["paired_delta"]):
-        return "-"
-    num = (lambda x: f"${x:+.2f}$") if math else (lambda x: f"{x:+.2f}")
+        return "--" if latex else "-"
+    num = (lambda x: f"${x:+.2f}$") if latex else (lambda x: f"{x:+.2f}")
     if row["paired_n"] == 1:
         return f"{num(row['paired_delta'])} (1)"
     return (f"{num(row['paired_delta'])} [{num(row['paired_ci_low'])}, {num(row['paired_ci_high'])}] "
@@ -612,7 +612,7 @@ def table1_latex(df: pd.DataFrame) -> str:
         final = "--" if pd.isna(r["final_top1"]) else f"{r['final_top1']:.2f}"
         cells = [tex_escape(r["source"]), tex_escape(r["label"]), dash(r["layers"]), dash(_beta_text(r["beta"])),
                  str(r["epochs"]), str(r["n_seeds"]), _best_cell(r, r" $\pm$ "), final, signed(r["delta_vs_softkd"]),
-                 "--" if _paired_cell(r) == "-" else _paired_cell(r, math=True),
+                 _paired_cell(r, latex=True),
                  dash(_params_text(r["parameters"]).removesuffix(" M")), dash(_gflops_text(r["gflops"]))]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", "% " + tex_escape(_zero_caption(df)), "% " + SOURCE_CAPTION]
