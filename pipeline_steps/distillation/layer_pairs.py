@@ -21,7 +21,6 @@ as :class:`PairEvidence`.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -32,9 +31,9 @@ import numpy as np
 from pipeline_steps.config import DistillRun
 from pipeline_steps.errors import UserError
 
-__all__ = ["CONTROLS", "cka_pairs", "format_layer_pairs", "grid_pair_sources", "grid_teacher_layers", "LayerPairs",
-           "cka_reference", "PairEvidence", "PairSource", "parse_layer_pairs", "pair_source", "PHASES", "phase_blocks", "phase_pairs",
-           "run_layer_pairs"]
+__all__ = ["CONTROLS", "cka_pairs", "cka_reference", "format_layer_pairs", "grid_pair_sources", "grid_teacher_layers",
+           "LayerPairs", "PairEvidence", "PairSource", "parse_layer_pairs", "pair_source", "PHASES", "phase_blocks",
+           "phase_pairs", "run_layer_pairs"]
 
 LayerPairs = list[tuple[int, int]]
 
