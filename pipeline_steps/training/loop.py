@@ -192,6 +192,7 @@ def train(
                  n_parameters=sum(p.numel() for p in student.parameters() if p.requires_grad), progress=progress)
 
     position = _restore(s)
+    tqdm.write(f"{s.run.path.name}: {procs.describe()}")  # every rank: which GPUs it was given, where
     if procs.world > 1:
         s.model = nn.parallel.DistributedDataParallel(trainee)
     with _TermFlag() as term:

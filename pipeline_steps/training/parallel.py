@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -29,10 +30,20 @@ class Processes:
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    local_rank: int = 0
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def describe(self) -> str:
+        """Where this rank runs, for the step's log: rank, host, device, backend, and the GPUs the scheduler
+        made visible (``CUDA_VISIBLE_DEVICES``, set by SLURM for a job with GPUs, also when the step falls
+        back to the CPU)."""
+        backend = dist.get_backend() if self.world > 1 else "none"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        return (f"rank {self.rank} of {self.world} (local rank {self.local_rank}) on {socket.gethostname()}: "
+                f"device {self.device}, process group backend {backend}, CUDA_VISIBLE_DEVICES={visible}")
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -59,7 +70,8 @@ def start_processes(device: str) -> Processes:
         torch.cuda.set_device(local)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Processes(rank=rank, world=world, device=torch.device("cuda", local) if cuda else torch.device("cpu"))
+    return Processes(rank=rank, world=world, device=torch.device("cuda", local) if cuda else torch.device("cpu"),
+                     local_rank=local)
 
 
 def amp_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:

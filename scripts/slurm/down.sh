@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM test cluster started by scripts/slurm/up.sh:
-# slurmd, slurmctld, slurmdbd, munged and mariadb, in that order.
+# Stop the SLURM test cluster started by scripts/slurm/up.sh: every slurmd (this
+# host's node and the virtual nodes), slurmctld, slurmdbd, munged and mariadb,
+# in that order.
 # Idempotent: a daemon that is not running is skipped without error.
 # Daemons are found by the pid files up.sh gives them; when a pid file is
 # missing, the one process with that exact executable name is used.
@@ -49,7 +50,18 @@ stop() {  # <pidfile> <exe-name> [grace seconds]
     rm -f "$pidfile"
 }
 
-stop /run/slurmd.pid slurmd
+# One slurmd a node, each with its pid file /run/slurmd-<node>.pid.
+for pidfile in /run/slurmd-*.pid; do
+    [[ -e $pidfile ]] || continue
+    pid=$(tr -dc '0-9' <"$pidfile")
+    if [[ -n $pid ]] && alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == slurmd ]]; then
+        stop "$pidfile" slurmd
+    else
+        rm -f "$pidfile"
+    fi
+done
+# Any slurmd left (one started without these pid files).
+while live_by_name slurmd >/dev/null; do stop /nonexistent slurmd; done
 stop /run/slurmctld.pid slurmctld
 stop /run/slurmdbd.pid slurmdbd
 stop /run/munge/munged.pid munged

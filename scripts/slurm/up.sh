@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
-# Bring up a real single-node SLURM cluster on localhost (slurmctld + slurmd +
-# slurmdbd backed by MariaDB, munge authentication) for integration tests.
+# Bring up a real SLURM cluster on localhost (slurmctld + slurmd + slurmdbd backed
+# by MariaDB, munge authentication) for integration tests.
+#
+# Nodes: this host's own node (partition `debug`, the default) and N virtual
+# nodes vnode1..vnodeN (partition `multinode`): each one more slurmd on this
+# host, in its own UTS namespace (so its own hostname, which is how slurmd finds
+# its node in slurm.conf), with its own port, spool dir, pid file and log. Jobs
+# over several virtual nodes are real multi-node jobs (one allocation, srun
+# starting a task per node, each task seeing its node's hostname) on one kernel
+# and one file system. Every node declares GPU GRES backed by dummy device files
+# (character devices like /dev/null), so `--gpus=N` / `--gres=gpu:N` jobs are
+# accepted and SLURM sets CUDA_VISIBLE_DEVICES; there is no CUDA behind them.
 #
 # Idempotent: installs only missing packages, rewrites configs only when their
 # content changes (restarting the affected daemons), starts only daemons that
@@ -8,7 +18,7 @@
 # `sacct` answers. Works without systemd (containers): every daemon is started
 # directly and tracked by its pid file, so scripts/slurm/down.sh can stop it.
 #
-# Usage (as root):  bash scripts/slurm/up.sh
+# Usage (as root):  bash scripts/slurm/up.sh [--virtual-nodes N]   (default N=2; 0: this host only)
 # Environment:
 #   SLURM_UP_TIMEOUT   seconds to wait for each daemon / the node (default 60)
 #   SLURM_EXTRA_USERS  space-separated extra users to register in accounting
@@ -17,11 +27,24 @@ set -euo pipefail
 T0=$(date +%s.%N)
 TIMEOUT=${SLURM_UP_TIMEOUT:-60}
 
+VNODES=2
+while (($#)); do
+    case $1 in
+        --virtual-nodes) VNODES=${2:-}; shift; (($#)) && shift ;;
+        --virtual-nodes=*) VNODES=${1#*=}; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "error: unknown option $1; usage: bash $0 [--virtual-nodes N]" >&2; exit 2 ;;
+    esac
+done
+[[ $VNODES =~ ^[0-9]+$ ]] && ((VNODES <= 8)) ||
+    { echo "error: --virtual-nodes must be a whole number from 0 to 8, got '$VNODES'" >&2; exit 2; }
+
 CLUSTER=localcluster
 PARTITION=debug
 ACCOUNT=default
 LOGDIR=/var/log/slurm
 CONF=/etc/slurm/slurm.conf
+GRESCONF=/etc/slurm/gres.conf
 DBDCONF=/etc/slurm/slurmdbd.conf
 DB_NAME=slurm_acct_db
 DB_USER=slurm
@@ -30,7 +53,12 @@ MYSQL_PID=$MYSQL_RUN/mysqld.pid
 MUNGE_PID=/run/munge/munged.pid
 DBD_PID=/run/slurmdbd.pid
 CTLD_PID=/run/slurmctld.pid
-SLURMD_PID=/run/slurmd.pid
+# One slurmd a node: slurm.conf's %n is the node's name.
+slurmd_pid() { echo "/run/slurmd-$1.pid"; }
+slurmd_log() { echo "$LOGDIR/slurmd-$1.log"; }
+VNODE_PORT0=6830      # vnodeK listens on VNODE_PORT0+K (this host's slurmd: 6818)
+GPUS_PER_NODE=2
+GPU_DIR=/run/slurm-fake-gpus
 
 log() { printf '[slurm-up] %s\n' "$*" >&2; }
 
@@ -144,10 +172,27 @@ id mysql >/dev/null 2>&1 || die "user 'mysql' missing after installing mariadb-s
 
 # ------------------------------------------------------------- directories --
 install -d -m 755 -o slurm -g slurm "$LOGDIR" /var/spool/slurmctld /var/lib/slurm
-install -d -m 755 /var/spool/slurmd /etc/slurm
+install -d -m 755 /var/spool/slurmd /etc/slurm "$GPU_DIR"
 install -d -m 700 -o munge -g munge /etc/munge /var/lib/munge /var/log/munge
 install -d -m 755 -o munge -g munge /run/munge
 install -d -m 755 -o mysql -g mysql "$MYSQL_RUN"
+
+# ------------------------------------------------------------ dummy GPUs --
+# Character devices with /dev/null's numbers: slurmd only needs the files to
+# exist (no cgroup device constraint here); a job's CUDA_VISIBLE_DEVICES comes
+# from their indices.
+for ((i = 0; i < GPUS_PER_NODE; i++)); do
+    [[ -c $GPU_DIR/gpu$i ]] || mknod -m 666 "$GPU_DIR/gpu$i" c 1 3
+done
+
+# ---------------------------------------------------------- virtual nodes --
+VNODE_NAMES=()
+for ((k = 1; k <= VNODES; k++)); do VNODE_NAMES+=("vnode$k"); done
+# Their hostnames resolve to this host (srun, torchrun's rendezvous and gloo
+# look them up); added once, never removed.
+for v in "${VNODE_NAMES[@]}"; do
+    grep -Eq "^[^#]*[[:space:]]$v([[:space:]]|\$)" /etc/hosts || printf '127.0.0.1 %s\n' "$v" >>/etc/hosts
+done
 
 # ------------------------------------------------------------------- munge --
 if [[ ! -s /etc/munge/munge.key ]]; then
@@ -209,11 +254,11 @@ SlurmdUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=$CTLD_PID
-SlurmdPidFile=$SLURMD_PID
+SlurmdPidFile=$(slurmd_pid %n)
 SlurmctldLogFile=$LOGDIR/slurmctld.log
-SlurmdLogFile=$LOGDIR/slurmd.log
+SlurmdLogFile=$(slurmd_log %n)
 SlurmctldDebug=info
 SlurmdDebug=info
 # Containers: no cgroups, no systemd.
@@ -227,6 +272,8 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
+AccountingStorageTRES=gres/gpu
+GresTypes=gpu
 # Scheduling: share the node by core and memory.
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
@@ -241,8 +288,16 @@ InactiveLimit=0
 MinJobAge=30
 KillWait=5
 Waittime=0
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$REALMEM State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$REALMEM Gres=gpu:$GPUS_PER_NODE State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+$(for v in "${VNODE_NAMES[@]}"; do
+    echo "NodeName=$v NodeAddr=127.0.0.1 Port=$((VNODE_PORT0 + ${v#vnode})) CPUs=$CPUS Sockets=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$REALMEM Gres=gpu:$GPUS_PER_NODE State=UNKNOWN"
+done
+((VNODES)) && echo "PartitionName=multinode Nodes=$(IFS=,; echo "${VNODE_NAMES[*]}") Default=NO MaxTime=INFINITE State=UP")
+EOF
+write_if_changed "$GRESCONF" 644 root:root <<EOF && conf_changed=1 || true
+# Written by scripts/slurm/up.sh: dummy GPUs (see the top of up.sh).
+Name=gpu File=$GPU_DIR/gpu[0-$((GPUS_PER_NODE - 1))]
 EOF
 
 # ----------------------------------------------------------- slurmdbd.conf --
@@ -327,8 +382,20 @@ for u in "${users[@]}"; do
 done
 
 # -------------------------------------------------------- slurmctld/slurmd --
+# Every slurmd of this host, whichever node it serves (a node dropped from the
+# config included).
+stop_slurmds() {
+    local pid
+    while pid=$(live_by_name slurmd); do
+        log "stopping slurmd (pid $pid) to pick up a config change"
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
+        alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    done
+    rm -f /run/slurmd.pid /run/slurmd-*.pid
+}
 if ((conf_changed)); then
-    stop_daemon "$SLURMD_PID" slurmd
+    stop_slurmds
     stop_daemon "$CTLD_PID" slurmctld
 fi
 if ! running "$CTLD_PID" slurmctld; then
@@ -337,36 +404,50 @@ if ! running "$CTLD_PID" slurmctld; then
 fi
 wait_for "$TIMEOUT" "slurmctld" scontrol ping || die "slurmctld does not answer 'scontrol ping' within ${TIMEOUT}s" "$LOGDIR/slurmctld.log"
 
-if ! running "$SLURMD_PID" slurmd; then
-    log "starting slurmd"
-    slurmd </dev/null >>"$LOGDIR/slurmd.out" 2>&1 || die "slurmd failed to start" "$LOGDIR/slurmd.log" "$LOGDIR/slurmd.out"
-fi
+# start_slurmd <node>: this host's node in this UTS namespace; a virtual node in
+# a new one named after it (slurmd daemonizes inside it).
+start_slurmd() {
+    local node=$1
+    pid_alive "$(slurmd_pid "$node")" slurmd && return 0
+    log "starting slurmd for node $node"
+    install -d -m 755 "/var/spool/slurmd/$node"
+    if [[ $node == "$NODE" ]]; then
+        slurmd </dev/null >>"$LOGDIR/slurmd.out" 2>&1
+    else
+        unshare --uts -- sh -c 'hostname "$1" && exec slurmd' sh "$node" </dev/null >>"$LOGDIR/slurmd-$node.out" 2>&1
+    fi || die "slurmd for node $node failed to start" "$(slurmd_log "$node")" "$LOGDIR/slurmd.out" "$LOGDIR/slurmd-$node.out"
+}
+for n in "$NODE" "${VNODE_NAMES[@]}"; do start_slurmd "$n"; done
 
-node_state() { sinfo -h -n "$NODE" -o '%T' 2>/dev/null | head -n1; }
-# The node is usable when the local slurmd answers (slurmctld may still show a
-# dead slurmd's node as idle until SlurmdTimeout) and slurmctld lists it as up.
+node_state() { sinfo -h -n "$1" -o '%T' 2>/dev/null | head -n1; }
+# A node is usable when its slurmd is alive (slurmctld may still show a dead
+# slurmd's node as idle until SlurmdTimeout) and slurmctld lists it as up.
 node_ready() {
-    scontrol show slurmd >/dev/null 2>&1 || return 1
-    case $(node_state) in
+    local node=$1
+    pid_alive "$(slurmd_pid "$node")" slurmd || return 1
+    [[ $node != "$NODE" ]] || scontrol show slurmd >/dev/null 2>&1 || return 1
+    case $(node_state "$node") in
         idle|mixed|allocated|completing) return 0 ;;
         down*|drain*|fail*)
             # ReturnToService=2 brings it back once slurmd registers; nudge it anyway.
-            scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
+            scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
             return 1 ;;
         *) return 1 ;;
     esac
 }
 deadline=$(( $(date +%s) + TIMEOUT ))
-until node_ready; do
-    running "$SLURMD_PID" slurmd || die "slurmd exited right after starting" "$LOGDIR/slurmd.log" "$LOGDIR/slurmd.out"
-    (( $(date +%s) < deadline )) ||
-        die "node $NODE not usable within ${TIMEOUT}s (state: $(node_state || echo '?'))" "$LOGDIR/slurmd.log" "$LOGDIR/slurmctld.log"
-    sleep 0.2
+for n in "$NODE" "${VNODE_NAMES[@]}"; do
+    until node_ready "$n"; do
+        (( $(date +%s) < deadline )) ||
+            die "node $n not usable within ${TIMEOUT}s (state: $(node_state "$n" || echo '?'); slurmd alive: $(pid_alive "$(slurmd_pid "$n")" slurmd && echo yes || echo no))" \
+                "$(slurmd_log "$n")" "$LOGDIR/slurmctld.log"
+        sleep 0.2
+    done
+    log "node $n: ok"
 done
-log "node $NODE: ok"
 wait_for "$TIMEOUT" "sacct" sacct -n -X -S now-1hour ||
     die "sacct does not answer within ${TIMEOUT}s" "$LOGDIR/slurmdbd.log" "$LOGDIR/slurmctld.log"
 
 T1=$(date +%s.%N)
-printf 'slurm up: cluster=%s node=%s(%s, cpus=%s mem=%sMB defmem/cpu=%sMB) partition=%s accounting=slurmdbd in %.1fs\n' \
-    "$CLUSTER" "$NODE" "$(node_state)" "$CPUS" "$REALMEM" "$DEFMEM" "$PARTITION" "$(awk -v a="$T0" -v b="$T1" 'BEGIN { print b - a }')"
+printf 'slurm up: cluster=%s node=%s(%s, cpus=%s mem=%sMB defmem/cpu=%sMB gpus=%s) partition=%s virtual nodes=%s (partition multinode) accounting=slurmdbd in %.1fs\n' \
+    "$CLUSTER" "$NODE" "$(node_state "$NODE")" "$CPUS" "$REALMEM" "$DEFMEM" "$GPUS_PER_NODE" "$PARTITION" "${VNODE_NAMES[*]:-none}" "$(awk -v a="$T0" -v b="$T1" 'BEGIN { print b - a }')"

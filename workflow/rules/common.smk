@@ -169,8 +169,29 @@ TRAINING_SLURM_EXTRA = "--signal=TERM@120"
 
 
 def training_command(resources):
-    """The step launcher of a training job: torchrun (DDP) when it runs > 1 process (default: one per GPU)."""
+    """The step launcher of a training job: one process; torchrun (DDP) when a node runs > 1 process (default:
+    one per GPU); over nodes > 1, pipeline_steps.training.nodes (srun, one torchrun a node)."""
     processes = resources["processes"] or resources["gpus"]
+    if resources["nodes"] > 1:
+        return (f"{sys.executable} -m pipeline_steps.training.nodes --nodes {resources['nodes']} "
+                f"--processes-per-node {max(processes, 1)} --cpus {resources['cpus']} --")
     if processes > 1:
         return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {processes} -m pipeline_steps"
     return STEP
+
+
+def training_resources(resources):
+    """A training rule's Snakemake resources, which the SLURM executor plugin turns into sbatch options.
+
+    One node: ``gpu`` (-> --gpus=N); the plugin's job step runs the rule under ``srun -n1``. Over several:
+    --nodes=N --ntasks=N (one task a node), --gres=gpu:K (per node; --gpus would be a total SLURM may spread
+    unevenly), and ``mpi``, which tells the plugin's job step to run the rule in the batch step, where the rule's
+    own srun (:func:`training_command`) starts the tasks. ``tasks_per_gpu=0`` stops the plugin from deriving
+    --ntasks-per-gpu from ``tasks`` (it would start the step once per GPU).
+    """
+    common = {"mem_mb": resources["mem_mb"], "runtime": resources["runtime"], "slurm_extra": TRAINING_SLURM_EXTRA}
+    nodes, gpus = resources["nodes"], resources["gpus"]
+    if nodes == 1:
+        return {**common, "gpu": gpus}
+    return {**common, "nodes": nodes, "tasks": nodes, "mpi": "srun", "tasks_per_gpu": 0,
+            **({"gres": f"gpu:{gpus}"} if gpus else {})}

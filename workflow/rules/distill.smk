@@ -62,10 +62,7 @@ rule distill:
         run="|".join(map(re.escape, RUNS)),
     threads: DISTILL_RESOURCES["cpus"]
     resources:
-        mem_mb=DISTILL_RESOURCES["mem_mb"],
-        runtime=DISTILL_RESOURCES["runtime"],
-        gpu=DISTILL_RESOURCES["gpus"],
-        slurm_extra=TRAINING_SLURM_EXTRA,
+        **training_resources(DISTILL_RESOURCES),
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launch} distill --config-json {params.cfg:q} --run-id {wildcards.run} "
         "{params.data} {params.weights} {params.cache} {params.evidence} --out-dir {params.out_dir:q} >> {log:q} 2>&1"

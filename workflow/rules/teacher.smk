@@ -19,10 +19,7 @@ rule train_teacher:
         "results/logs/train_teacher.log",
     threads: TEACHER["resources"]["cpus"]
     resources:
-        mem_mb=TEACHER["resources"]["mem_mb"],
-        runtime=TEACHER["resources"]["runtime"],
-        gpu=TEACHER["resources"]["gpus"],
-        slurm_extra=TRAINING_SLURM_EXTRA,
+        **training_resources(TEACHER["resources"]),
     shell:
         "OMP_NUM_THREADS={threads} exec {params.launch} train-teacher --config-json {params.cfg:q} {params.data} "
         "--out-dir results/teacher >> {log:q} 2>&1"
