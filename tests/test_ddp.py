@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 
-from conftest import VENV_BIN, assert_one_line_error, check_ok, run_all
+from conftest import REPO, VENV_BIN, assert_one_line_error, check_ok, run_all
 
 LOSS_RTOL = 1e-5     # measured <= 1.6e-6 (train_loss_dist), <= 4.2e-8 for the others
 WEIGHTS_ATOL = 2e-5  # measured 3.2e-6
@@ -102,3 +103,24 @@ def test_batch_not_divisible_by_processes(kd, torchrun, tmp_path):
         child = type(proc)(proc.args, 2, "", text)
         assert_one_line_error(child, "train.batch_size = 25 is not divisible by the 2 processes")
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_evaluation_over_two_ranks_equals_one_process(torchrun, tmp_path):
+    """Each rank scores its share of the evaluation batches (101 images in 11 batches of 10): the metrics are
+    the single-process ones bit for bit, and the shares cover every image once (no padded duplicates)."""
+    script = str(REPO / "tests" / "data" / "evaluate_ranks.py")
+    ddp, single = run_all([*torchrun, script, str(tmp_path / "ddp")],
+                          [sys.executable, script, str(tmp_path / "single")])
+    check_ok(ddp, single)
+    (one,) = [json.loads(path.read_text()) for path in sorted((tmp_path / "single").glob("rank*.json"))]
+    ranks = [json.loads(path.read_text()) for path in sorted((tmp_path / "ddp").glob("rank*.json"))]
+    assert one["world"] == 1 and [r["world"] for r in ranks] == [2, 2]
+    for rank in ranks:
+        assert rank["metrics"] == one["metrics"]  # ==, not approx: same batches, same sums in the same order
+    assert 0 < one["metrics"]["acc5"] < 100  # a model that neither always nor never hits
+    assert one["served"] == list(range(101))
+    served = [r["served"] for r in ranks]
+    assert sorted(served[0] + served[1]) == list(range(101))  # each image once, on one rank
+    # Batches 0, 2, ..., 10 (the partial one) on rank 0 and 1, 3, ..., 9 on rank 1.
+    assert served[0] == [i for b in range(0, 11, 2) for i in range(10 * b, min(10 * b + 10, 101))]
+    assert served[1] == [i for b in range(1, 11, 2) for i in range(10 * b, 10 * b + 10)]
