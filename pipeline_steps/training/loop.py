@@ -19,7 +19,12 @@ with the same metrics and weights, bit for bit, as an uninterrupted one (tests/t
 DDP: the same entry point under ``torchrun --nproc_per_node K`` (gloo on CPU, NCCL on GPU).
 ``batch_size`` is the GLOBAL batch: each step, rank r trains on the r-th of K equal slices of the same
 global batch a single process would draw, so gradients (averaged by DDP) match a single-process run up to
-float summation order. Evaluation, logging and checkpoints happen on rank 0.
+float summation order. Every rank evaluates (:func:`evaluate`): the test set is cut into batches of
+``2 * batch_size`` images in dataset order whatever the process count, and rank r scores batches r, r + K,
+r + 2K, ...; the per-batch sums are gathered and added in batch order, so the same weights give exactly the
+single-process test_loss / test_acc1 / test_acc5 (same batches, same kernels, same float additions; no
+padded duplicates). Each rank's evaluation batch is therefore twice the GLOBAL batch, as a single process's
+always was (mind the memory). Logging and checkpoints happen on rank 0.
 """
 
 from __future__ import annotations
@@ -77,23 +82,54 @@ class Trainee(nn.Module):
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
-             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Mean cross-entropy and top-1 / top-5 accuracy (percent) over a loader."""
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device | str = "cpu",
+             amp_dtype: torch.dtype | None = None, *, procs: Processes | None = None,
+             num_workers: int = 0) -> dict[str, float]:
+    """Mean cross-entropy and top-1 / top-5 accuracy (percent) over ``dataset``, spread over the processes.
+
+    The batches are consecutive runs of ``batch_size`` images in dataset order (the last may be partial),
+    whatever the process count; rank r of K scores batches r, r + K, r + 2K, ... Per-batch sums are gathered
+    to every rank and added in batch order, so K processes return exactly (``==``) what one process returns:
+    each batch's logits are the same bits and the float sums are taken in the same order.
+
+    Args:
+        model: The classifier, unwrapped (not DDP: its forward would run collectives); set to eval mode.
+        dataset: Items ``(image, label)``.
+        batch_size: Images per batch (each rank's batch; it does not shrink with the process count).
+        device: Where ``model`` is.
+        amp_dtype: Autocast dtype, or None for full precision.
+        procs: This process's place in the run; None is one process scoring every batch. With ``world > 1``
+            every rank must call this (it gathers the results).
+        num_workers: DataLoader workers.
+
+    Returns:
+        ``{"loss", "acc1", "acc5"}`` over all of ``dataset``, the same on every rank.
+    """
+    procs = procs or Processes()
     model.eval()
     device = torch.device(device)
-    total, loss_sum, correct1, correct5 = 0, 0.0, 0, 0
-    for images, labels in loader:
+    n = len(dataset)
+    my_batches = range(procs.rank, math.ceil(n / batch_size), procs.world)  # indices of this rank's batches
+    loader = DataLoader(dataset, num_workers=num_workers,
+                        batch_sampler=[range(b * batch_size, min((b + 1) * batch_size, n)) for b in my_batches])
+    records: list[tuple[int, float, int, int, int]] = []  # (batch, loss sum, top-1 hits, top-5 hits, images)
+    for b, (images, labels) in zip(my_batches, loader):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(labels[:, None])
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        total += labels.numel()
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None])
+        records.append((b, F.cross_entropy(logits, labels, reduction="sum").item(), hits[:, 0].sum().item(),
+                        hits.any(dim=1).sum().item(), labels.numel()))
+    if procs.world > 1:
+        gathered: list[Any] = [None] * procs.world
+        dist.all_gather_object(gathered, records)
+        records = sorted(record for part in gathered for record in part)
+    total, loss_sum, correct1, correct5 = 0, 0.0, 0, 0
+    for _, loss, top1, top5, count in records:  # in batch order: one process's summation order
+        loss_sum += loss
+        correct1 += top1
+        correct5 += top5
+        total += count
     return {"loss": loss_sum / total, "acc1": 100.0 * correct1 / total, "acc5": 100.0 * correct5 / total}
 
 
@@ -175,8 +211,6 @@ def train(
     train_loader = DataLoader(Indexed(training_view(train_set, recipe)), batch_sampler=batches,
                               num_workers=recipe.num_workers, pin_memory=device.type == "cuda",
                               generator=loader_rng)
-    test_loader = DataLoader(test_set, batch_size=2 * (recipe.batch_size // procs.world),
-                             num_workers=recipe.num_workers)
 
     # Model, optimizer, schedule.
     trainee = Trainee(student, objective).to(device)
@@ -187,7 +221,7 @@ def train(
                  trainee=trainee, model=trainee, optimizer=optimizer,
                  scheduler=build_scheduler(optimizer, recipe, len(batches)),
                  scaler=torch.amp.GradScaler(device.type, enabled=autocast == torch.float16),
-                 batches=batches, loader_rng=loader_rng, train_loader=train_loader, test_loader=test_loader,
+                 batches=batches, loader_rng=loader_rng, train_loader=train_loader, test_set=test_set,
                  run=RunDirectory(out_dir, fingerprint, {**(metadata or {}), "epochs": recipe.epochs}),
                  n_parameters=sum(p.numel() for p in student.parameters() if p.requires_grad), progress=progress)
 
@@ -227,7 +261,7 @@ class _Session:
     batches: GlobalBatchSampler
     loader_rng: torch.Generator
     train_loader: DataLoader
-    test_loader: DataLoader
+    test_set: Dataset
     run: RunDirectory
     n_parameters: int
     progress: bool
@@ -327,14 +361,18 @@ def _train_epoch(s: _Session, epoch: int, position: Position, term: _TermFlag) -
 
 def _end_of_epoch(s: _Session, epoch: int, position: Position, sums: dict[str, float],
                   seconds: float) -> Position:
-    """Evaluate, log one line, keep checkpoints and save the resume state (rank 0); the next epoch's position."""
+    """Evaluate (every rank, its share of the test batches), then on rank 0 log one line, keep checkpoints and
+    save the resume state; the next epoch's position."""
     n_batches = position.batch
     position = Position(epoch=epoch + 1, rows=position.rows, best_acc1=position.best_acc1,
                         kept=position.kept, best=position.best, environments=position.environments)
+    student, recipe = s.trainee.student, s.recipe
+    # 2 x the global batch per rank: the single-process evaluation batches, so the numbers do not depend on
+    # the process count.
+    test = evaluate(student, s.test_set, 2 * recipe.batch_size, s.device, s.autocast, procs=s.procs,
+                    num_workers=recipe.num_workers)
     if not s.procs.main:
         return position
-    student, recipe = s.trainee.student, s.recipe
-    test = evaluate(student, s.test_loader, s.device, s.autocast)
     row = {"train_lr": sums["lr"] / n_batches, "train_loss": sums["loss"] / n_batches}
     if s.trainee.objective.name != "ce":
         row.update({f"train_{AUTHORS_LOG_NAMES[k]}": sums[k] / n_batches
