@@ -152,6 +152,19 @@ def test_paper_preset_plans_table1_grid_without_mixing_in_the_default(planning_c
     assert config["student"]["model"]["kwargs"] == {"drop_path_rate": 0.0}
 
 
+def test_the_paper_preset_on_four_gpu_nodes_plans_two_node_jobs(planning_copy):
+    """configs/four_gpu_nodes.yaml after the paper preset: the same 13 runs, each one job over 2 nodes with one
+    torchrun of 4 processes a node (8 ranks, as on one 8-GPU node), the recipe unchanged."""
+    proc = sh(["snakemake", "-n", "-p", "--configfile", "configs/paper.yaml", "configs/four_gpu_nodes.yaml"],
+              planning_copy)
+    commands = [line for line in proc.stdout.splitlines() if " distill --config-json" in line]
+    assert len(commands) == 13
+    assert all("-m pipeline_steps.training.nodes --nodes 2 --processes-per-node 4 --cpus 40 -- distill" in c
+               for c in commands)
+    config = json.loads(re.search(r"--config-json '([^']+)'", commands[0]).group(1))
+    assert config["distill"]["train"]["batch_size"] == 2048 and config["distill"]["train"]["epochs"] == 300
+
+
 def test_runs_whose_pairs_come_from_the_analysis_wait_for_it(planning_copy, tmp_path):
     """A phase run's distill job reads the teacher's reductions, a cka run's the named run's evolution
     statistics at the same seed; the teacher cache then holds every block (its rule plans no phase input)."""

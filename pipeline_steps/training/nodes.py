@@ -23,7 +23,7 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-__all__ = ["rendezvous_port", "srun_command", "torchrun_command"]
+__all__ = ["main", "MODULE", "RENDEZVOUS_PORT0", "RENDEZVOUS_PORTS", "rendezvous_port", "srun_command", "torchrun_command"]
 
 #: Rendezvous ports: RENDEZVOUS_PORT0 + (job id mod RENDEZVOUS_PORTS), so two multi-node jobs that share a
 #: first node (rare: training jobs usually hold whole nodes) collide only when their ids agree mod 1000.
