@@ -293,7 +293,7 @@ PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 $(for v in "${VNODE_NAMES[@]}"; do
     echo "NodeName=$v NodeAddr=127.0.0.1 Port=$((VNODE_PORT0 + ${v#vnode})) CPUs=$CPUS Sockets=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$REALMEM Gres=gpu:$GPUS_PER_NODE State=UNKNOWN"
 done
-((VNODES)) && echo "PartitionName=multinode Nodes=$(IFS=,; echo "${VNODE_NAMES[*]}") Default=NO MaxTime=INFINITE State=UP")
+if ((VNODES)); then echo "PartitionName=multinode Nodes=$(IFS=,; echo "${VNODE_NAMES[*]}") Default=NO MaxTime=INFINITE State=UP"; fi)
 EOF
 write_if_changed "$GRESCONF" 644 root:root <<EOF && conf_changed=1 || true
 # Written by scripts/slurm/up.sh: dummy GPUs (see the top of up.sh).
