@@ -315,7 +315,7 @@ def test_fig4_bad_input_is_a_one_line_error(evolved, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# An ImageNet-style folder: listed once per run
+# An ImageNet-style folder: listed once per run, the same activations with DataLoader workers
 # ---------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -384,6 +384,21 @@ def test_an_imagefolder_is_listed_once_per_run(imagefolder, monkeypatch):
                                      checkpoint="epoch_0002", epoch=2, progress=False)
     got = values[values["checkpoint"] == "epoch_0002"].drop(columns="run_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_dataloader_workers_give_the_same_activations(imagefolder, tmp_path):
+    """Two worker processes read the images in the same order as the step's own process: the same file."""
+    from pipeline_steps.analysis.extraction import extract_activations, open_sample
+
+    work, params = imagefolder
+    spec = {"arch": ARCH, "kwargs": KWARGS, "weights": {"source": "random", "seed": 3}}
+    images = open_sample(params["dataset"], work / "manifest.parquet")
+    paths = []
+    for workers in (0, 2):
+        paths.append(tmp_path / f"workers{workers}.npz")
+        extract_activations(spec, paths[-1], dataset=params["dataset"], manifest_path=work / "manifest.parquet",
+                            batch_size=4, num_workers=workers, images=images)  # 6 images: batches of 4 and 2
+    assert sha256_file(paths[0]) == sha256_file(paths[1])
 
 
 # ---------------------------------------------------------------------------------------------------------

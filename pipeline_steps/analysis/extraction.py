@@ -58,7 +58,7 @@ def extract_activations(spec: Mapping[str, Any], out: str | os.PathLike, *, data
                         manifest_path: str | os.PathLike, layers: str | Sequence[int] = "all", batch_size: int = 32,
                         split: str = "test", weights_path: str | os.PathLike | None = None,
                         synthetic_path: str | os.PathLike | None = SYNTHETIC_PATH, model_key: str = "teacher",
-                        device: str = "cpu", images: ManifestDataset | None = None) -> dict:
+                        device: str = "cpu", num_workers: int = 0, images: ManifestDataset | None = None) -> dict:
     """Extract the activations of the model ``spec`` on the manifest's images and write them as an NPZ.
 
     Args:
@@ -74,6 +74,8 @@ def extract_activations(spec: Mapping[str, Any], out: str | os.PathLike, *, data
         model_key: Where the spec came from (e.g. ``teacher``): recorded in the file's meta and named in
             errors about the model's settings.
         device: Torch device for the forward passes.
+        num_workers: ``analysis.num_workers``: DataLoader worker processes reading and preprocessing the
+            images (0 = in this process). The images and their order are the same for any value.
         images: The sample already opened by :func:`open_sample` with the same ``dataset``,
             ``manifest_path``, ``split`` and ``synthetic_path`` (the evolution step opens it once for all
             checkpoints); None opens it here.
@@ -97,14 +99,18 @@ def extract_activations(spec: Mapping[str, Any], out: str | os.PathLike, *, data
 
     model = create_model(spec, weights_path=weights_path)
     try:
-        model = model.to(torch.device(device))
+        device = torch.device(device)
+        model = model.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise UserError(f"cannot use device '{device}' ({exc}); pass --device cpu") from None
     layer_indices = resolve_layers(model, layers)
     first_image = images[0][0]
     check_input_size(model, tuple(first_image.shape[-2:]), where=f"{model_key}.model.kwargs.img_size")
 
-    loader = DataLoader(images, batch_size=int(batch_size), shuffle=False, num_workers=0)
+    # Workers keep the order (a DataLoader without shuffling yields its batches in index order, whatever the
+    # worker count); pinned host memory lets the batches copy to a GPU asynchronously.
+    loader = DataLoader(images, batch_size=int(batch_size), shuffle=False, num_workers=int(num_workers),
+                        pin_memory=device.type == "cuda")
     weights = dict(spec.get("weights") or {})
     if weights_path is not None:
         weights["path"] = str(weights_path)  # what was actually loaded

@@ -113,7 +113,8 @@ def run(run_dir: str | Path, out: str | Path, summary_out: str | Path, statistic
             npz = Path(tmp) / f"{c['checkpoint']}.npz"
             extract_activations(spec, npz, dataset=dataset, manifest_path=manifest_path, layers=analysis["layers"],
                                 batch_size=analysis["batch_size"], split=split, synthetic_path=synthetic_path,
-                                model_key=model_key, device=device, images=images)
+                                model_key=model_key, device=device, num_workers=analysis["num_workers"],
+                                images=images)
             values, summary = reduce_activations(
                 npz, bins=analysis["bins"], range_policy=analysis["range_policy"],
                 shape_tolerance=analysis["shape_tolerance"], chunk_images=analysis["chunk_images"],
