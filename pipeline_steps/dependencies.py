@@ -57,7 +57,7 @@ RULES: dict[str, RuleDependencies] = {
     "sample": RuleDependencies("sample", ("dataset.kind", "dataset.imagefolder", "sample")),
     "train_teacher": RuleDependencies("train_teacher", (*TRAINING_DATA_PARAMS, "teacher.model", "teacher.train")),
     "extract": RuleDependencies("extract", (*ANALYSIS_DATA_PARAMS, "teacher.model", "analysis.batch_size",
-                                            "analysis.layers")),
+                                            "analysis.num_workers", "analysis.layers")),
     "reduce": RuleDependencies("reduce", ("teacher.name", "analysis.bins", "analysis.range_policy",
                                           "analysis.chunk_images", "analysis.shape_tolerance")),
     "statistics": RuleDependencies("statistics", ("teacher.name", "analysis.bins", "analysis.range_policy",

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline_steps.steps import generate_data
+from pipeline_steps.steps import evolution as evolution_step
 from pipeline_steps.steps import sample
 from pipeline_steps.artifacts import sha256_file
 from pipeline_steps.data.datasets import open_dataset
@@ -311,6 +312,93 @@ def test_fig4_bad_input_is_a_one_line_error(evolved, tmp_path):
     assert_one_line_error(run_step(*base[:-2], "--evolution", str(tmp_path / "none.parquet")),
                           "evolution table not found", "run the evolution step")
     assert not (tmp_path / "fig4.pdf").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An ImageNet-style folder: listed once per run, the same activations with DataLoader workers
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory):
+    """A val folder of 3 classes x 4 seeded-noise JPEGs (40 x 30, preprocessed to 32 x 32), a 6-image sample
+    of it and the validated params: ``(work, params)``."""
+    from PIL import Image
+
+    from pipeline_steps.config import validate_params
+
+    work = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    for cls in ("n01_a", "n02_b", "n03_c"):
+        (work / "imagenet" / "val" / cls).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(work / "imagenet" / "val" / cls / f"img{i}.JPEG", quality=90)
+    preprocess = {"resize": 32, "crop": 32, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3}
+    params = validate_params({"dataset": {"kind": "imagefolder", "imagefolder": {"root": str(work / "imagenet")},
+                                          "preprocess": preprocess}, "analysis": ANALYSIS})
+    sample.run(work / "manifest.parquet", open_dataset(params["dataset"], "test"), n_images=6, strategy="random",
+               seed=0, split="test", progress=False)
+    return work, params
+
+
+def _counting_listings(monkeypatch) -> list[Path]:
+    """Wrap the real ``_list_images`` so that each listing of a split folder is recorded."""
+    from pipeline_steps.data import datasets
+
+    listed, real = [], datasets._list_images
+
+    def list_images(directory, classes):
+        listed.append(directory)
+        return real(directory, classes)
+
+    monkeypatch.setattr(datasets, "_list_images", list_images)
+    return listed
+
+
+def test_an_imagefolder_is_listed_once_per_run(imagefolder, monkeypatch):
+    """Five checkpoints (epochs 0-3 and the best), one listing of the folder; each checkpoint's values are
+    those of the extraction that opens the folder itself (the extract step's), bit for bit."""
+    from pipeline_steps.analysis.extraction import extract_activations
+    from pipeline_steps.analysis.reductions import reduce_activations
+
+    work, params = imagefolder
+    run_dir = work / "runs" / RUN_ID
+    make_run(run_dir, epochs=(0, 1, 2, 3))
+    listed = _counting_listings(monkeypatch)
+    values, _, _ = evolution_step.run(run_dir, work / "values.parquet", work / "summary.parquet",
+                                      work / "statistics.parquet", dataset=params["dataset"],
+                                      analysis=params["analysis"], manifest_path=work / "manifest.parquet",
+                                      progress=False)
+    assert values["checkpoint"].nunique() == 5
+    assert listed == [work / "imagenet" / "val"]
+
+    ckpt = run_dir / "checkpoints/epoch_0002.safetensors"
+    spec = {"arch": ARCH, "kwargs": KWARGS, "weights": {"source": "file", "path": str(ckpt)}}
+    analysis = params["analysis"]
+    extract_activations(spec, work / "epoch2.npz", dataset=params["dataset"], manifest_path=work / "manifest.parquet",
+                        layers=analysis["layers"], batch_size=analysis["batch_size"], model_key="student")
+    assert len(listed) == 2  # opened again, as the extract step does
+    expected, _ = reduce_activations(work / "epoch2.npz", bins=analysis["bins"], range_policy=analysis["range_policy"],
+                                     shape_tolerance=analysis["shape_tolerance"],
+                                     chunk_images=analysis["chunk_images"], model_label=RUN_ID,
+                                     checkpoint="epoch_0002", epoch=2, progress=False)
+    got = values[values["checkpoint"] == "epoch_0002"].drop(columns="run_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_dataloader_workers_give_the_same_activations(imagefolder, tmp_path):
+    """Two worker processes read the images in the same order as the step's own process: the same file."""
+    from pipeline_steps.analysis.extraction import extract_activations, open_sample
+
+    work, params = imagefolder
+    spec = {"arch": ARCH, "kwargs": KWARGS, "weights": {"source": "random", "seed": 3}}
+    images = open_sample(params["dataset"], work / "manifest.parquet")
+    paths = []
+    for workers in (0, 2):
+        paths.append(tmp_path / f"workers{workers}.npz")
+        extract_activations(spec, paths[-1], dataset=params["dataset"], manifest_path=work / "manifest.parquet",
+                            batch_size=4, num_workers=workers, images=images)  # 6 images: batches of 4 and 2
+    assert sha256_file(paths[0]) == sha256_file(paths[1])
 
 
 # ---------------------------------------------------------------------------------------------------------

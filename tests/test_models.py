@@ -196,6 +196,19 @@ def test_weights_hash_is_stable_and_content_based():
     assert weights_hash(model) != h
 
 
+def test_inference_cost_of_the_paper_teacher():
+    """CaiT-S24 at 224 px (the paper's teacher), against a hand count of its multiply-accumulates: 24 talking-heads
+    self-attention blocks over the 196 patch tokens, then 2 class-attention blocks updating the class token."""
+    from pipeline_steps.models.cost import inference_cost
+
+    n, c, h = 196, 384, 8
+    block = n * c * c * (3 + 1 + 8) + 2 * n * n * c + 2 * n * n * h * h  # qkv, proj, MLP; q k^T, attn v; 2 head mixes
+    class_block = c * c * (1 + 2 * (n + 1) + 1 + 8) + 2 * (n + 1) * c  # q of the class token, k and v, proj, MLP
+    macs = 24 * block + 2 * class_block + n * 16 * 16 * 3 * c + c * 1000  # + patch embedding and head
+    assert inference_cost({"arch": "cait_s24_224", "kwargs": {}}, 224) == (46_916_200, 2 * macs)
+    assert 2 * macs == 18_654_655_488  # 9.33 GMACs (timm's model card: 9.35)
+
+
 def test_check_input_size_names_the_setting():
     model = create_model(vit_spec())
     check_input_size(model, (32, 32))

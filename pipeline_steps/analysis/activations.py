@@ -100,7 +100,8 @@ def _iter_batches(model: torch.nn.Module, loader: Iterable, layers: list[int]
             # The contexts close before the yield: inference mode and autocast state are thread-local
             # and must not leak into the consumer while the generator is suspended.
             with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-                x = x.to(device=device, dtype=torch.float32)
+                # Asynchronous from pinned memory (the extraction pins on a GPU); the forward waits for it.
+                x = x.to(device=device, dtype=torch.float32, non_blocking=True)
                 # stop_early: with intermediates_only the blocks after the last selected one are unused.
                 outs = model.forward_intermediates(x, indices=indices, norm=False, output_fmt="NCHW",
                                                    intermediates_only=True, stop_early=True)

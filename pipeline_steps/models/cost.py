@@ -48,6 +48,9 @@ def inference_cost(spec_or_model: Mapping[str, Any] | nn.Module,
 
         model = meta_model(spec_or_model)
     check_input_size(model, size)
+    # Without this, a view of a parameter made under no_grad (CaiT's expanded class token) requires grad but
+    # has no grad_fn, and the counter's module tracker fails on it; the count does not depend on it.
+    model.requires_grad_(False)
     parameters = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)
     try:

@@ -93,7 +93,7 @@ def run(run_dir: str | Path, out: str | Path, summary_out: str | Path, statistic
     import pandas as pd
     from tqdm import tqdm
 
-    from pipeline_steps.analysis.extraction import extract_activations
+    from pipeline_steps.analysis.extraction import extract_activations, open_sample
     from pipeline_steps.analysis.layer_statistics import layer_statistics, statistics_settings
     from pipeline_steps.analysis.reductions import reduce_activations
     from pipeline_steps.artifacts import atomic_outputs, temporary_directory_beside
@@ -106,12 +106,15 @@ def run(run_dir: str | Path, out: str | Path, summary_out: str | Path, statistic
     # The outputs are opened first, so one that cannot be written stops the step before the work.
     with atomic_outputs(out, summary_out, statistics_out) as (values_tmp, summary_tmp, statistics_tmp), \
             temporary_directory_beside(out, ".tmp") as tmp:
+        # Opened once for all checkpoints: an ImageNet-style folder is listed once per run, not per checkpoint.
+        images = open_sample(dataset, manifest_path, split=split, synthetic_path=synthetic_path)
         for c in tqdm(checkpoints, desc=f"evolution {run_id}", unit="ckpt", disable=not progress, file=sys.stderr):
             spec = load_checkpoint_spec(c["path"])  # {"arch", "kwargs", "weights": {"source": "file", "path"}}
             npz = Path(tmp) / f"{c['checkpoint']}.npz"
             extract_activations(spec, npz, dataset=dataset, manifest_path=manifest_path, layers=analysis["layers"],
                                 batch_size=analysis["batch_size"], split=split, synthetic_path=synthetic_path,
-                                model_key=model_key, device=device)
+                                model_key=model_key, device=device, num_workers=analysis["num_workers"],
+                                images=images)
             values, summary = reduce_activations(
                 npz, bins=analysis["bins"], range_policy=analysis["range_policy"],
                 shape_tolerance=analysis["shape_tolerance"], chunk_images=analysis["chunk_images"],

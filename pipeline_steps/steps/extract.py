@@ -8,7 +8,8 @@ Usage::
         [--model-key teacher] --out results/activations/teacher.npz
 
 The model is ``params[<model-key>]["model"]`` (see ``$defs/model`` in the schema); ``--model-weights``
-overrides its weight source (a ``source: train`` model needs it). Layers, batch size: ``analysis``.
+overrides its weight source (a ``source: train`` model needs it). Layers, batch size, DataLoader workers:
+``analysis``.
 The NPZ format is described in :mod:`pipeline_steps.analysis.activations`.
 """
 
@@ -39,7 +40,8 @@ def main(args: argparse.Namespace, params: dict) -> None:
     analysis = params["analysis"]
     run(model_spec(params, args.model_key), args.out, dataset=params["dataset"], manifest_path=args.manifest,
         layers=analysis["layers"], batch_size=analysis["batch_size"], split=params["sample"]["split"],
-        weights_path=args.model_weights, synthetic_path=args.data, model_key=args.model_key, device=args.device)
+        weights_path=args.model_weights, synthetic_path=args.data, model_key=args.model_key, device=args.device,
+        num_workers=analysis["num_workers"])
 
 
 def model_spec(params: dict, model_key: str) -> dict:
