@@ -110,11 +110,11 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
     device = torch.device(device)
     n = len(dataset)
     my_batches = range(procs.rank, math.ceil(n / batch_size), procs.world)  # indices of this rank's batches
-    loader = DataLoader(dataset, num_workers=num_workers,
+    loader = DataLoader(dataset, num_workers=num_workers, pin_memory=device.type == "cuda",
                         batch_sampler=[range(b * batch_size, min((b + 1) * batch_size, n)) for b in my_batches])
     records: list[tuple[int, float, int, int, int]] = []  # (batch, loss sum, top-1 hits, top-5 hits, images)
     for b, (images, labels) in zip(my_batches, loader):
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images).float()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None])
