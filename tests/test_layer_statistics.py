@@ -80,9 +80,11 @@ def test_streamed_statistics_equal_the_one_shot_functions(planted, chunk_images)
         expected = sep_bandwidth(acts, mode=mode)
         for k, ratio in enumerate((0.5, 0.6, 0.7, 0.8, 0.9)):
             np.testing.assert_array_equal(_values(table, metric, ratio), expected[:, k])
-    spectrum = channel_spectrum(acts)  # float32 FFTs of other batch shapes: agreement to ~1e-8
+    # float32 FFTs of other batch shapes: agreement to ~1e-8 absolute (measured up to 1.8e-8 on a near-zero
+    # slope, -2.6e-4, on an AMD EPYC machine, 2026-12-07)
+    spectrum = channel_spectrum(acts)
     np.testing.assert_allclose(_values(table, "low_frequency_share"), low_frequency_share(spectrum), rtol=1e-6)
-    np.testing.assert_allclose(_values(table, "spectral_slope"), spectral_slope(spectrum), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(_values(table, "spectral_slope"), spectral_slope(spectrum), rtol=1e-6, atol=5e-8)
     top = massive_activations(acts, top_k=1)
     np.testing.assert_allclose(_values(table, "massive_max_abs"), np.abs(top.values[:, 0]), rtol=1e-7)
     np.testing.assert_allclose(_values(table, "massive_max_ratio"), top.ratios[:, 0], rtol=1e-12)
