@@ -38,10 +38,17 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def cluster_missing(reason: str) -> None:
+    """The local cluster (or a part of it) is missing: a failure under CI (``CI=true``), else a skip."""
+    msg = f"{reason}; start the local cluster with `bash scripts/slurm/up.sh` (as root)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
     """Check once that a SLURM cluster answers; return the partition to use."""
-    in_ci = os.environ.get("CI", "").lower() == "true"
     reason = None
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         reason = "SLURM client tools (sinfo/sbatch) are not installed"
@@ -57,10 +64,7 @@ def slurm_cluster() -> str:
             elif not proc.stdout.strip():
                 reason = "sinfo shows no partitions"
     if reason is not None:
-        msg = f"no reachable SLURM cluster: {reason}; start one with `bash scripts/slurm/up.sh` (as root)"
-        if in_ci:
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+        cluster_missing(f"no reachable SLURM cluster: {reason}")
     partition = os.environ.get("SLURM_TEST_PARTITION", "debug")
     return partition
 

@@ -24,21 +24,16 @@ fails).
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import tool_env
 from test_ddp import assert_ddp_matches_single
-from test_slurm_cluster import CMD_TIMEOUT, _run, slurm_cluster  # noqa: F401  (slurm_cluster is a fixture)
-from test_slurm_training import (OVERRIDES, RUN_DIR, STEP_LOG, TARGET, Interruption, submitted, write_params)
-from test_slurm_workflow import CI_ARGS, PROFILE, Run, ci_env, rule_of, run_uuid, sacct_jobs, start
-from test_workflow import scratch_copy
+from test_slurm_cluster import _run, cluster_missing, slurm_cluster  # noqa: F401  (slurm_cluster is a fixture)
+from test_slurm_training import RUN_DIR, STEP_LOG, TARGET, Interruption, prepared_copies, submitted
+from test_slurm_workflow import (CI_ARGS, PROFILE, Run, ci_env, rule_of, run_uuid, sacct_jobs, start,
+                                 stop_and_report)
 
 pytestmark = pytest.mark.integration
 
@@ -54,41 +49,23 @@ RANK_LINE = re.compile(r"rank (\d+) of (\d+) \(local rank (\d+)\) on (\S+): devi
                        r"(\S+), CUDA_VISIBLE_DEVICES=(\S+)")
 
 
-def _needs(what: str, reason: str) -> None:
-    msg = f"{what}: {reason}; bring the local cluster up with `bash scripts/slurm/up.sh` (as root)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def cluster(slurm_cluster):  # noqa: F811
     """The default partition, after checking it has GPU GRES and that the multinode partition has 2 nodes."""
     nodes = _run("sinfo", "-h", "-N", "-p", MULTINODE, "-o", "%N %T", check=False).stdout.split("\n")
     up = [line.split()[0] for line in nodes if line.strip() and not line.split()[1].startswith(("down", "drain"))]
     if len(up) < 2:
-        _needs("multi-node tests", f"partition {MULTINODE} has {len(up)} usable nodes, they need 2")
+        cluster_missing(f"multi-node tests: partition {MULTINODE} has {len(up)} usable nodes, they need 2")
     gres = _run("sinfo", "-h", "-p", slurm_cluster, "-o", "%G", check=False).stdout
     if "gpu:2" not in gres:
-        _needs("GPU tests", f"partition {slurm_cluster} declares no gpu:2 GRES (sinfo %G: {gres.strip()!r})")
+        cluster_missing(f"GPU tests: partition {slurm_cluster} declares no gpu:2 GRES (sinfo %G: {gres.strip()!r})")
     return slurm_cluster
 
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory, request):
     profile = ["--profile", PROFILE, *CI_ARGS, "--slurm-keep-successful-logs"]
-    base = scratch_copy(tmp_path_factory.mktemp("base"))
-    write_params(base, OVERRIDES, TRAIN)
-    proc = subprocess.run(["snakemake", "--cores", "2", "results/teacher/model.safetensors"], cwd=base,
-                          env=tool_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    def copy(name: str, *extra: dict) -> Path:
-        dst = tmp_path_factory.mktemp(name) / "work"
-        shutil.copytree(base, dst, symlinks=True)
-        write_params(dst, *extra)
-        return dst
-
+    copy = prepared_copies(tmp_path_factory, TRAIN)
     multinode = ci_env(MULTINODE)
     started = {
         "nodes": start("nodes", copy("nodes", NODES), [TARGET, *profile], multinode),
@@ -98,12 +75,7 @@ def runs(cluster, tmp_path_factory, request):
     }
     watcher = Interruption(started["nodes_sigterm"], [])
     yield {"runs": started, "watcher": watcher}
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for run in started.values():
-        if run.proc.poll() is None:
-            run.stop()
-        elif reporter is not None and run.seconds is not None:
-            reporter.write_line(f"[slurm nodes] {run.name}: exit {run.rc} after {run.seconds:.1f}s")
+    stop_and_report(request, started, "slurm nodes")
 
 
 # ------------------------------------------------------------------------------------------- helpers --

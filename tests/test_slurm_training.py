@@ -38,6 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -132,25 +133,32 @@ class Interruption:
             time.sleep(0.05)
 
 
+def prepared_copies(tmp_path_factory, *extra: dict) -> Callable[..., Path]:
+    """Build the data and the teacher once, locally, in a scratch copy with :data:`OVERRIDES` (and ``extra``);
+    return ``copy(name, *more)``, which makes a new copy of that directory with ``more`` params on top, so every
+    run starts from the same inputs and metadata."""
+    base = scratch_copy(tmp_path_factory.mktemp("base"))
+    write_params(base, OVERRIDES, *extra)
+    proc = subprocess.run(["snakemake", "--cores", "2", "results/teacher/model.safetensors"], cwd=base,
+                          env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def copy(name: str, *more: dict) -> Path:
+        dst = tmp_path_factory.mktemp(name) / "work"
+        shutil.copytree(base, dst, symlinks=True)
+        write_params(dst, *more)
+        return dst
+
+    return copy
+
+
 @pytest.fixture(scope="module")
 def runs(slurm_cluster, tmp_path_factory, request):  # noqa: F811
     t0 = time.monotonic()
     env = ci_env(slurm_cluster)
     cluster = ["--profile", PROFILE, *CI_ARGS, *KEEP_LOGS]
-    # Data and teacher once, locally; every copy below starts from them (same inputs, same metadata).
-    base = scratch_copy(tmp_path_factory.mktemp("base"))
-    write_params(base, OVERRIDES)
-    proc = subprocess.run(["snakemake", "--cores", "2", "results/teacher/model.safetensors"], cwd=base,
-                          env=tool_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    copy = prepared_copies(tmp_path_factory)
     prepared = time.monotonic() - t0
-
-    def copy(name: str, *extra: dict) -> Path:
-        dst = tmp_path_factory.mktemp(name) / "work"
-        shutil.copytree(base, dst, symlinks=True)
-        write_params(dst, *extra)
-        return dst
-
     started = {
         "steps": start("steps", copy("steps"), [TARGET, *cluster], env),
         "full": start("full", copy("full"), [TARGET, *cluster], env),

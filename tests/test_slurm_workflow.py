@@ -149,12 +149,17 @@ def runs(slurm_cluster, tmp_path_factory, request):  # noqa: F811
         "always_fails": start("always_fails", never, [*profile, *CI_ARGS], env),
     }
     yield started
+    stop_and_report(request, started, "slurm workflow")
+
+
+def stop_and_report(request, started: dict[str, Run], label: str) -> None:
+    """A module fixture's teardown: stop the runs still going, print how long the others took."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     for run in started.values():
         if run.proc.poll() is None:
             run.stop()
         elif reporter is not None and run.seconds is not None:
-            reporter.write_line(f"[slurm workflow] {run.name}: exit {run.rc} after {run.seconds:.1f}s")
+            reporter.write_line(f"[{label}] {run.name}: exit {run.rc} after {run.seconds:.1f}s")
 
 
 # ------------------------------------------------------------------------------------------- helpers --
