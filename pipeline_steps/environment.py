@@ -1,9 +1,10 @@
-"""What a number was computed with: library versions, device, CPU vector ISA, threads, processes.
+"""What a number was computed with: library versions, device, CPU model and vector ISA, threads, processes.
 
 A CPU training run of this pipeline is bit-for-bit reproducible on the same software and hardware settings,
-but not across them: the thread count and the CPU's vector instruction set (AVX-512 vs AVX2) change the
-floating-point summation order of PyTorch's kernels, and a few ulps in one step grow over thousands of steps
-into different weights and accuracies (measured: benchmarks/cpu_determinism.py, BENCHMARKS.md). So every
+but not across them: the thread count, the CPU's vector instruction set (AVX-512 vs AVX2) and the CPU model
+itself (an Intel Xeon and an AMD EPYC, both AVX-512, same threads) change the floating-point summation order
+of PyTorch's kernels, and a few ulps in one step grow over thousands of steps into different weights and
+accuracies (measured: benchmarks/cpu_determinism.py, BENCHMARKS.md). So every
 training run records the environment of each of its attempts (``environment.json`` in the run directory) and
 the headline file quotes them: a reader whose numbers differ can see whether their setting does.
 """
@@ -61,9 +62,12 @@ def describe(device: torch.device | str = "cpu", processes: int = 1) -> dict[str
 
 
 def summarise(record: dict[str, Any]) -> str:
-    """One line for people: ``torch 2.14.1, timm 1.0.31, numpy 2.4.6; cpu (AVX512), 2 threads x 1 process``."""
+    """One line for people: ``torch 2.14.1, timm 1.0.31, numpy 2.4.6; cpu AMD EPYC (AVX512), 2 threads x 1 process``.
+
+    On CPU the line names the CPU model, which changes the bits as the ISA does (the module's docstring).
+    """
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
-    where = record["device"] if record["device"] != "cpu" else f"cpu ({record['cpu_isa']})"
+    where = record["device"] if record["device"] != "cpu" else f"cpu {record['cpu']} ({record['cpu_isa']})"
     processes = record["processes"]
     return (f"{versions}; {where}, {record['threads']} thread{'s' * (record['threads'] != 1)} x {processes} "
             f"process{'es' * (processes != 1)}")

@@ -312,7 +312,10 @@ def test_headline_is_written_from_the_artifacts_and_a_repeated_run_reproduces_it
     for run in SMOKE_RUNS:
         assert f"| {run} | final | 2 | " in text and f"| {run} | best | " in text, run
     assert text.count("| - | - (one seed) |") == len(SMOKE_RUNS) - 1  # paired to SoftKD, one seed: no interval
-    assert f"torch {torch.__version__}" in text and f"cpu ({torch.backends.cpu.get_cpu_capability()})" in text
+    from pipeline_steps.environment import describe
+
+    assert f"torch {torch.__version__}" in text
+    assert f"cpu {describe()['cpu']} ({torch.backends.cpu.get_cpu_capability()})" in text  # model and ISA
     again = scratch_copy(tmp_path / "again")
     sh(["snakemake", "--cores", "2", "results/headline.md"], again)
     assert (again / "results/headline.md").read_bytes() == (snakemake_run / "results/headline.md").read_bytes()
@@ -436,7 +439,7 @@ def artifact_hashes(results: Path) -> dict[str, str]:
 def test_a_smoke_run_writes_the_recorded_bytes(snakemake_run):
     """Behaviour kept through refactors: a smoke run gives the bytes recorded in tests/data/smoke_artifacts.json.
 
-    Training is bit-reproducible only on the same library versions, CPU vector ISA and thread counts
+    Training is bit-reproducible only on the same library versions, CPU model, vector ISA and thread counts
     (BENCHMARKS.md, "CPU determinism"), which every run records in its environment.json. Where those records
     match the recorded ones, every artifact is compared; elsewhere only :data:`MACHINE_INDEPENDENT`.
     """

@@ -6,7 +6,7 @@ final and best entropy profile, the teacher's profiles beyond entropy (robustnes
 massive activations), the shape of the teacher's entropy over its own training, and each configuration's CKA to
 the teacher, each read from the artifact that defines it (the teacher's log, the reduce, statistics and evolution
 tables, Table 1's CSV, the runs' logs), plus what the training runs computed with
-(library versions, CPU vector ISA, threads: bitwise reproducibility holds only for the same settings). The
+(library versions, CPU model and vector ISA, threads: bitwise reproducibility holds only for the same settings). The
 file holds no timestamps or paths, so a repeated run on the same settings writes the same bytes.
 """
 
@@ -159,8 +159,8 @@ def headline(*, teacher_summary: str | Path, table1_csv: str | Path | None = Non
              "Written by the pipeline (`python -m pipeline_steps headline`) from its own artifacts; README quotes",
              "this file. A rerun with the same settings writes the same bytes.", ""]
     if environments:
-        lines += ["Training computed with (bitwise reproducible only with the same versions, CPU vector ISA and",
-                  "threads; see BENCHMARKS.md, \"CPU determinism\"):", *_environment_lines(environments), ""]
+        lines += ["Training computed with (bitwise reproducible only with the same versions, CPU model, vector",
+                  "ISA and threads; see BENCHMARKS.md, \"CPU determinism\"):", *_environment_lines(environments), ""]
 
     lines += ["## Teacher", ""]
     if teacher_log is not None:

@@ -11,7 +11,7 @@ Layout (``out_dir``)::
                                      path, sha256, test_acc1), for the evolution analysis; a distillation run's
                                      resolved ``layer_pairs`` ([student block, teacher block], 0-based)
     environment.json                 what each attempt (start, resume) computed with: versions, device, CPU
-                                     vector ISA, threads, processes (:mod:`pipeline_steps.environment`)
+                                     model and vector ISA, threads, processes (:mod:`pipeline_steps.environment`)
     checkpoints/epoch_NNNN.safetensors   weights after NNNN epochs: 0, every ``checkpoint_every``, the last
     resume/step_NNNNNNNNN.{safetensors,state.pt}   the newest training state (weights + optimizer,
                                      scheduler, scaler, objective, RNG, log rows, position in the epoch)
